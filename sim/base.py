@@ -167,6 +167,13 @@ class SimPandaDriver(RobotDriver):
         for _ in range(int(round(settle_s * self.control_rate_hz))):
             self._advance_with_joint_velocity(np.zeros(NUM_JOINTS))
 
+    def arm_contacts(self) -> list[tuple[str, str]]:
+        """Contacts of the arm (links and hand) at this instant, as (arm part, other) pairs where
+        other is another arm part (self-collision), ``"table"`` or ``"cube"``.  Used by the
+        collector to report self and table collisions as safety events (simulation only)."""
+        self._require_connected()
+        return self._arm_contacts()
+
     # ---- control ----------------------------------------------------------------------------
     def _substeps_per_period(self) -> int:
         return max(1, int(round(self.control_period_s / self.physics_timestep_s)))
@@ -257,6 +264,10 @@ class SimPandaDriver(RobotDriver):
     @abc.abstractmethod
     def _step_physics(self, n: int) -> None:
         """Advance the physics by ``n`` steps of `physics_timestep_s`, gripper held closed."""
+
+    @abc.abstractmethod
+    def _arm_contacts(self) -> list[tuple[str, str]]:
+        """See `arm_contacts`; finger-finger contact of the closed gripper is not reported."""
 
     @abc.abstractmethod
     def _render(self, camera: CameraConfig) -> np.ndarray:
