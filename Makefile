@@ -49,7 +49,7 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/pandalab demo
+	$(BIN)/pandalab sim check --out out/sim_check
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sim_throughput.py

@@ -10,7 +10,7 @@ import numpy as np
 from robot_drivers.types import ActionSpace, Command, RobotState
 
 
-class FaultReason(str, enum.Enum):
+class FaultReason(enum.StrEnum):
     """Machine-readable reason carried by every `DriverFault`."""
 
     not_connected = "not_connected"

@@ -17,7 +17,7 @@ NUM_JOINTS = 7
 """The Panda has seven revolute arm joints."""
 
 
-class ActionSpace(str, enum.Enum):
+class ActionSpace(enum.StrEnum):
     """How an action is interpreted.
 
     - ``joint_velocity``: 7 joint velocities in rad/s (seed 001's protocol).
@@ -46,14 +46,14 @@ class Command:
     values: np.ndarray
 
     def __post_init__(self) -> None:
-        values = np.asarray(self.values, dtype=np.float64).reshape(-1)
-        if values.shape != (self.kind.dim,):
+        kind = ActionSpace(self.kind)
+        values = np.array(self.values, dtype=np.float64).reshape(-1)
+        if values.shape != (kind.dim,):
             raise ValueError(
-                f"Command of kind {self.kind.value!r} needs {self.kind.dim} values, got shape "
-                f"{np.shape(self.values)}"
+                f"Command of kind {kind.value!r} needs {kind.dim} values, got shape {np.shape(self.values)}"
             )
         values.setflags(write=False)
-        object.__setattr__(self, "kind", ActionSpace(self.kind))
+        object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "values", values)
 
     @classmethod

@@ -126,7 +126,7 @@ class SimPandaDriver(RobotDriver):
     def stop(self) -> None:
         """Command zero joint velocity for up to one second of simulated time, until at rest."""
         self._require_connected()
-        for _ in range(max(1, int(round(self.control_rate_hz)))):
+        for _ in range(max(1, round(self.control_rate_hz))):
             self._advance_with_joint_velocity(np.zeros(NUM_JOINTS))
             if np.max(np.abs(self._joint_state()[1])) < 1e-3:
                 break
@@ -164,7 +164,7 @@ class SimPandaDriver(RobotDriver):
         seconds with the arm holding still."""
         self._require_connected()
         self._set_cube_pose(np.asarray(position, float), np.asarray(quat_wxyz, float))
-        for _ in range(int(round(settle_s * self.control_rate_hz))):
+        for _ in range(round(settle_s * self.control_rate_hz)):
             self._advance_with_joint_velocity(np.zeros(NUM_JOINTS))
 
     def arm_contacts(self) -> list[tuple[str, str]]:
@@ -176,7 +176,7 @@ class SimPandaDriver(RobotDriver):
 
     # ---- control ----------------------------------------------------------------------------
     def _substeps_per_period(self) -> int:
-        return max(1, int(round(self.control_period_s / self.physics_timestep_s)))
+        return max(1, round(self.control_period_s / self.physics_timestep_s))
 
     def _advance_with_joint_velocity(self, joint_velocity: np.ndarray) -> None:
         self._set_joint_velocity_target(np.asarray(joint_velocity, dtype=np.float64))
@@ -197,7 +197,7 @@ class SimPandaDriver(RobotDriver):
         self._tip_target = tip + lead + delta
 
         n_total = self._substeps_per_period()
-        n_chunk = max(1, int(round(IK_SOLVE_INTERVAL_S / self.physics_timestep_s)))
+        n_chunk = max(1, round(IK_SOLVE_INTERVAL_S / self.physics_timestep_s))
         done = 0
         while done < n_total:
             n = min(n_chunk, n_total - done)
