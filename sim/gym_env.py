@@ -56,7 +56,9 @@ class PandaEnv(gymnasium.Env):
         self.driver.connect()
         self.safe = SafeDriver(self.driver, safety_limits)
         limit = self.safe.action_limit
-        self.action_space = spaces.Box(-limit, limit, shape=(ActionSpace(sim_config.action_space).dim,), dtype=np.float64)
+        self.action_space = spaces.Box(
+            -limit, limit, shape=(ActionSpace(sim_config.action_space).dim,), dtype=np.float64
+        )
         observation = {
             "q": spaces.Box(-np.pi * 2, np.pi * 2, shape=(7,), dtype=np.float64),
             "dq": spaces.Box(-10.0, 10.0, shape=(7,), dtype=np.float64),
