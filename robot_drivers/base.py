@@ -45,6 +45,8 @@ class RobotDriver(abc.ABC):
 
     action_space: ActionSpace
     control_rate_hz: float
+    config_class: type | None = None
+    """The backend's options model (pydantic), used to validate a config before anything starts."""
 
     @abc.abstractmethod
     def connect(self) -> None:

@@ -1,0 +1,181 @@
+"""Session configuration: one YAML file describes a whole collection session.
+
+Every field is documented; unknown keys are rejected, and a bad file is refused before anything
+is created on disk or the robot moves, with every wrong field named (`load_session_config`).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from robot_drivers import ActionSpace, backend_names, driver_class
+from safety.limits import SafetyLimits
+
+SIMULATED_BACKENDS = ("robosuite", "pybullet")
+DEFAULT_HOME_Q = (0.0, 0.19634954, 0.0, -2.61799388, 0.0, 2.94159265, 0.78539816)
+"""Home joint configuration, rad (robosuite's Panda start pose; the tool tip points down over the table)."""
+DEFAULT_EPISODE_STEPS = {ActionSpace.joint_velocity: 1000, ActionSpace.tip_delta: 200}
+"""Seed 001: 1000-step episodes in joint space; seed 003: 200-step episodes in Cartesian space."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RobotConfig(_Strict):
+    backend: str = Field("robosuite", description=f"Robot backend: one of {', '.join(backend_names())}.")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Backend options (simulation: cameras, e.g. [{name: front, width: 84, height: 84}]). "
+        "action_space, control_rate_hz and seed come from the session, not from here.",
+    )
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, backend: str) -> str:
+        if backend not in backend_names():
+            raise ValueError(f"unknown robot backend {backend!r}; known: {', '.join(backend_names())}")
+        return backend
+
+
+class ExplorerSettings(_Strict):
+    name: str = Field("random_linear", description="Explorer: random, random_linear (default, seed 001), gep.")
+    observation: Literal["proprio", "proprio+object", "image"] = Field(
+        "proprio",
+        description="What the explorer sees: proprio (q, dq: 14 values); proprio+object adds the cube pose "
+        "(privileged, simulation experiments only); image (the first camera).",
+    )
+    parameters: dict[str, Any] = Field(default_factory=dict, description="The explorer's own settings.")
+
+
+class StopCondition(_Strict):
+    transitions: int | None = Field(None, gt=0, description="Stop after this many recorded steps.")
+    episodes: int | None = Field(None, gt=0, description="Stop after this many finished episodes.")
+    wall_time_s: float | None = Field(None, gt=0, description="Stop after this many seconds.")
+
+
+class StoreSettings(_Strict):
+    flush_every_steps: int = Field(50, gt=0, description="Steps per chunk flushed (fsynced) to the .partial file.")
+    free_space_floor_mb: float = Field(500.0, ge=0, description="Hold the robot when free disk falls below this, MB.")
+
+
+class SessionConfig(_Strict):
+    """A collection session."""
+
+    session_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]+$", description="Folder name under data_root; default: start time."
+    )
+    data_root: pathlib.Path = Field(pathlib.Path("data"), description="Where sessions are stored.")
+    robot: RobotConfig = Field(default_factory=RobotConfig, description="Which arm and its options.")
+    action_space: ActionSpace = Field(ActionSpace.joint_velocity, description="joint_velocity (rad/s) or tip_delta (m).")
+    control_rate_hz: float = Field(20.0, gt=0, le=1000, description="Control rate, Hz (seed 001: 20).")
+    realtime: bool | None = Field(
+        None, description="Pace the loop at control_rate_hz; default true on hardware, false in simulation."
+    )
+    episode_steps: int | None = Field(
+        None, gt=0, description="Steps per episode; default 1000 for joint_velocity, 200 for tip_delta."
+    )
+    home_q: tuple[float, float, float, float, float, float, float] = Field(
+        DEFAULT_HOME_Q, description="Home joint configuration, rad."
+    )
+    safety: SafetyLimits = Field(default_factory=SafetyLimits, description="Safety limits (safety/limits.py).")
+    explorer: ExplorerSettings = Field(default_factory=ExplorerSettings, description="Exploration policy.")
+    seed: int = Field(0, ge=0, description="Seed of the explorer and the simulator.")
+    stop: StopCondition = Field(default_factory=StopCondition, description="When the session ends.")
+    store: StoreSettings = Field(default_factory=StoreSettings, description="Episode store settings.")
+    control_address: str = Field("tcp://127.0.0.1:5555", description="ZMQ REP address for operator commands.")
+    telemetry_address: str = Field("tcp://127.0.0.1:5556", description="ZMQ PUB address for telemetry.")
+
+    @property
+    def simulated(self) -> bool:
+        return self.robot.backend in SIMULATED_BACKENDS
+
+    @property
+    def resolved_episode_steps(self) -> int:
+        return self.episode_steps or DEFAULT_EPISODE_STEPS[self.action_space]
+
+    @property
+    def resolved_realtime(self) -> bool:
+        return (not self.simulated) if self.realtime is None else self.realtime
+
+    def driver_options(self) -> dict[str, Any]:
+        """Options for the robot backend, with the session-wide fields filled in."""
+        options = {"action_space": self.action_space.value, "control_rate_hz": self.control_rate_hz}
+        if self.simulated:
+            options |= {"backend": self.robot.backend, "seed": self.seed}
+        return {**self.robot.options, **options}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SessionConfig:
+        if self.explorer.observation == "proprio+object" and not self.simulated:
+            raise ValueError("explorer.observation: proprio+object needs privileged state, only in simulation")
+        home = np.array(self.home_q)
+        low, high = self.safety.joint_position_bounds()
+        if np.any(home < low) or np.any(home > high):
+            raise ValueError(f"home_q: {list(home)} lies outside the safety joint limits")
+        clash = {"action_space", "control_rate_hz", "seed", "backend"} & set(self.robot.options)
+        if clash:
+            raise ValueError(f"robot.options: {sorted(clash)} are session fields; set them at the top level")
+        return self
+
+
+class ConfigError(ValueError):
+    """A session config file that cannot be used; the message names every bad field."""
+
+
+def _format_errors(error: ValidationError, prefix: str = "") -> list[str]:
+    lines = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"{prefix}{location}: {item['msg']}")
+    return lines
+
+
+def parse_session_config(data: Any, source: str = "config") -> SessionConfig:
+    """Validate a config mapping, including the backend's and the explorer's own options."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        config = SessionConfig(**data)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: invalid session config:\n  " + "\n  ".join(_format_errors(error))) from None
+    problems: list[str] = []
+    config_class = getattr(driver_class(config.robot.backend), "config_class", None)
+    if config_class is not None:
+        try:
+            config_class(**config.driver_options())
+        except ValidationError as error:
+            problems += _format_errors(error, "robot.options.")
+    from collector.explorers import explorer_class  # noqa: PLC0415 - explorers load numpy code lazily
+
+    try:
+        explorer_class(config.explorer.name).config_class(**config.explorer.parameters)
+    except KeyError as error:
+        problems.append(f"explorer.name: {error.args[0]}")
+    except ValidationError as error:
+        problems += _format_errors(error, "explorer.parameters.")
+    if problems:
+        raise ConfigError(f"{source}: invalid session config:\n  " + "\n  ".join(problems))
+    return config
+
+
+def load_session_config(path: str | pathlib.Path) -> SessionConfig:
+    """Read and validate a YAML session config; `ConfigError` names the file and every bad field."""
+    path = pathlib.Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return parse_session_config(data, source=str(path))
+
+
+def dump_session_config(config: SessionConfig) -> str:
+    """The fully resolved config as YAML (written once to session.yaml)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
