@@ -72,7 +72,9 @@ class SessionConfig(_Strict):
     )
     data_root: pathlib.Path = Field(pathlib.Path("data"), description="Where sessions are stored.")
     robot: RobotConfig = Field(default_factory=RobotConfig, description="Which arm and its options.")
-    action_space: ActionSpace = Field(ActionSpace.joint_velocity, description="joint_velocity (rad/s) or tip_delta (m).")
+    action_space: ActionSpace = Field(
+        ActionSpace.joint_velocity, description="joint_velocity (rad/s) or tip_delta (m)."
+    )
     control_rate_hz: float = Field(20.0, gt=0, le=1000, description="Control rate, Hz (seed 001: 20).")
     realtime: bool | None = Field(
         None, description="Pace the loop at control_rate_hz; default true on hardware, false in simulation."
@@ -151,7 +153,7 @@ def parse_session_config(data: Any, source: str = "config") -> SessionConfig:
             config_class(**config.driver_options())
         except ValidationError as error:
             problems += _format_errors(error, "robot.options.")
-    from collector.explorers import explorer_class  # noqa: PLC0415 - explorers load numpy code lazily
+    from collector.explorers import explorer_class
 
     try:
         explorer_class(config.explorer.name).config_class(**config.explorer.parameters)
