@@ -61,6 +61,8 @@ def pointing_down_rotation(yaw: float) -> np.ndarray:
 class SimPandaDriver(RobotDriver):
     """A simulated Panda in the seed-003 scene; subclasses provide the physics engine."""
 
+    config_class = SimConfig
+    """Options model; the collector validates a session's robot options with it before starting."""
     physics_timestep_s: float
     """Physics step, s; set by the subclass before `connect` returns."""
 

@@ -11,8 +11,10 @@ is on (parent-child pairs are excluded by PyBullet; the two pairs that always to
 link7-hand through the massless flange and finger-finger of the closed gripper, are filtered out).
 
 Determinism: the state right after building is saved (`saveState`) and restored at every reset,
-which clears contact caches and solver warm starts before the poses are set, so the same commands
-after a reset give bit-identical states, as they do for two fresh drivers.
+and every collider is taken out of the broadphase and put back, which drops the contact manifolds
+and their warm-start impulses (`restoreState` alone keeps them: the cube resting where the last
+episode left it would start with old impulses).  So the same commands after a reset give
+bit-identical states, as they do for two fresh drivers.
 
 Rendering: PyBullet's CPU TinyRenderer (PLATFORM.md: faster than its EGL plugin here), with view and
 projection matrices computed once per camera when the scene is built.
@@ -62,6 +64,14 @@ TABLE_RGBA = (0.62, 0.5, 0.38, 1.0)
 """Table colour: a light wood, unlike any cube face."""
 FACE_PLATE_THICKNESS = 0.002
 """Thickness of the coloured plate that forms each face of the cube's visual shell, m."""
+DYNAMIC_FILTER = (1, -1)
+"""Broadphase (group, mask) of moving colliders: Bullet's DefaultFilter group, colliding with all."""
+STATIC_FILTER = (2, -3)
+"""Broadphase (group, mask) of static colliders: Bullet's StaticFilter group, colliding with all but
+static ones."""
+CONTACT_REPORT_DISTANCE_M = 0.0005
+"""`arm_contacts` reports contact points at most this far apart, m (Bullet also keeps points a
+few millimetres before touching)."""
 CAMERA_NEAR_M = 0.01
 CAMERA_FAR_M = 5.0
 
@@ -187,12 +197,6 @@ class PyBulletPanda(SimPandaDriver):
             if pybullet.getJointInfo(self.robot_id, index, physicsClientId=cid)[2] != pybullet.JOINT_FIXED
         ]
         self._arm_columns = [self._movable_joints.index(joint) for joint in self.arm_joints]
-        # calculateJacobian's local position is in the link's centre-of-mass frame, not its URDF frame.
-        dynamics = pybullet.getDynamicsInfo(self.robot_id, self.hand_link, physicsClientId=cid)
-        com_pos, com_orn = pybullet.invertTransform(dynamics[3], dynamics[4])
-        self._tip_in_hand_com = list(
-            pybullet.multiplyTransforms(com_pos, com_orn, [0.0, 0.0, TOOL_TIP_OFFSET], [0.0, 0.0, 0.0, 1.0])[0]
-        )
 
         half_table = [TABLE_SIZE_XY[0] / 2, TABLE_SIZE_XY[1] / 2, TABLE_THICKNESS / 2]
         self.table_id = pybullet.createMultiBody(
@@ -231,6 +235,11 @@ class PyBulletPanda(SimPandaDriver):
             )
             self._camera_matrices[camera.name] = (view, projection)
 
+        # Every collider with its broadphase filter (Bullet's defaults, made explicit): static ones
+        # (table, robot base) do not collide with each other.
+        self._colliders = [(self.table_id, -1, *STATIC_FILTER), (self.robot_id, -1, *STATIC_FILTER)]
+        self._colliders += [(self.robot_id, link, *DYNAMIC_FILTER) for link in sorted(self.link_names) if link >= 0]
+        self._colliders.append((self.cube_id, -1, *DYNAMIC_FILTER))
         self._hold_gripper_closed()
         self._set_joint_velocity_target(np.zeros(NUM_JOINTS))
         self._initial_state = pybullet.saveState(physicsClientId=cid)
@@ -264,7 +273,9 @@ class PyBulletPanda(SimPandaDriver):
         linear, angular = pybullet.calculateJacobian(
             self.robot_id,
             self.hand_link,
-            self._tip_in_hand_com,
+            # The point in the link's URDF frame (checked against finite differences of `_tip_pose`
+            # in the tests; offsetting by the link's centre of mass would be 4 cm off).
+            [0.0, 0.0, TOOL_TIP_OFFSET],
             positions,
             zeros,
             zeros,
@@ -314,9 +325,23 @@ class PyBulletPanda(SimPandaDriver):
         for _ in range(n):
             pybullet.stepSimulation(physicsClientId=self.client)
 
+    def _clear_contact_caches(self) -> None:
+        """Drop every overlapping pair and contact manifold (with its warm-start impulses).
+
+        `restoreState` does not: a cube put back where it rested would start with the previous
+        episode's contact impulses, and the first episode after `connect` would differ from the
+        others.  Changing a collider's filter takes it out of the broadphase and puts it back."""
+        cid = self.client
+        for body, link, _, _ in self._colliders:
+            pybullet.setCollisionFilterGroupMask(body, link, 0, 0, physicsClientId=cid)
+        pybullet.performCollisionDetection(physicsClientId=cid)
+        for body, link, group, mask in self._colliders:
+            pybullet.setCollisionFilterGroupMask(body, link, group, mask, physicsClientId=cid)
+
     def _reset_scene(self, home: np.ndarray, cube_pos: np.ndarray, cube_quat: np.ndarray) -> None:
         cid = self.client
         pybullet.restoreState(stateId=self._initial_state, physicsClientId=cid)
+        self._clear_contact_caches()
         for joint, angle in zip(self.arm_joints, home, strict=True):
             pybullet.resetJointState(self.robot_id, joint, float(angle), 0.0, physicsClientId=cid)
         for joint in self.finger_joints:
@@ -327,11 +352,16 @@ class PyBulletPanda(SimPandaDriver):
 
     # ---- contacts and images ------------------------------------------------------------------
     def _arm_contacts(self) -> list[tuple[str, str]]:
+        # Contacts at the current poses (the last step's were found before its integration, and a
+        # reset teleports).  Refreshing the contact manifolds at unchanged poses does not change
+        # what the next step computes (tested: same states with and without calls in between).
         pybullet.performCollisionDetection(physicsClientId=self.client)
         others = {self.table_id: "table", self.cube_id: "cube"}
         pairs: set[tuple[str, str]] = set()
         for contact in pybullet.getContactPoints(bodyA=self.robot_id, physicsClientId=self.client):
             body_a, body_b, link_a, link_b = contact[1:5]
+            if contact[8] > CONTACT_REPORT_DISTANCE_M:  # a cached point that is not touching (yet)
+                continue
             if body_a != self.robot_id:  # reported the other way round
                 body_a, body_b, link_a, link_b = body_b, body_a, link_b, link_a
             arm_part = self.link_names[link_a]
