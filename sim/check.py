@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from robot_drivers import ActionSpace, DriverFault, create_driver
-from sim.config import CameraConfig, SimConfig
 from robot_drivers.safe_driver import SafeDriver
+from sim.config import CameraConfig, SimConfig
 from sim.scene import CAMERAS, DEFAULT_HOME_Q
 
 
