@@ -14,7 +14,7 @@ state reached; ``info`` carries ``success``, the command actually sent and the s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
@@ -30,7 +30,7 @@ from sim.tasks import Task, make_task, states_from
 class PandaEnv(gymnasium.Env):
     """The seed-003 scene as a gymnasium environment with a time limit of ``episode_steps``."""
 
-    metadata = {"render_modes": ["rgb_array"]}
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"]}
 
     def __init__(
         self,
