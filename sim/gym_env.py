@@ -52,9 +52,11 @@ class PandaEnv(gymnasium.Env):
         self.episode_steps = episode_steps
         self.home = DEFAULT_HOME_Q.copy() if home is None else np.asarray(home, dtype=np.float64)
         self.render_mode = render_mode
-        self.driver = create_driver(sim_config.backend, sim_config)
+        # The filter turns every action (either space) into joint velocities for the driver.
+        driver_config = sim_config.model_copy(update={"action_space": ActionSpace.joint_velocity})
+        self.driver = create_driver(sim_config.backend, driver_config)
         self.driver.connect()
-        self.safe = SafeDriver(self.driver, safety_limits)
+        self.safe = SafeDriver(self.driver, safety_limits, action_space=sim_config.action_space)
         limit = self.safe.action_limit
         self.action_space = spaces.Box(
             -limit, limit, shape=(ActionSpace(sim_config.action_space).dim,), dtype=np.float64

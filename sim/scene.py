@@ -76,7 +76,7 @@ class CameraSpec:
 
 CAMERAS: dict[str, CameraSpec] = {
     # Seed 003: "a fixed camera positioned in front of the robot looking downwards at the table".
-    "front": CameraSpec(eye=(1.35, 0.0, 0.55), target=(0.45, 0.0, -0.112), up=(0.0, 0.0, 1.0), fovy_deg=45.0),
+    "front": CameraSpec(eye=(1.05, 0.0, 0.42), target=(0.42, 0.0, -0.06), up=(0.0, 0.0, 1.0), fovy_deg=50.0),
     "side": CameraSpec(eye=(0.5, 1.1, 0.35), target=(0.5, 0.0, -0.05), up=(0.0, 0.0, 1.0), fovy_deg=50.0),
     "overhead": CameraSpec(eye=(0.56, 0.0, 1.2), target=(0.56, 0.0, -0.112), up=(1.0, 0.0, 0.0), fovy_deg=45.0),
 }
