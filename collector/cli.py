@@ -38,9 +38,98 @@ def _run_sim_check(args: argparse.Namespace) -> int:
     return run_sim_check(backends, steps=args.steps, image_size=args.size, out_dir=args.out)
 
 
+def _add_collect(subparsers: argparse._SubParsersAction) -> None:
+    collect = subparsers.add_parser("collect", help="run a collection session (foreground, or --detach)")
+    collect.add_argument("--config", required=True, help="session YAML file (see configs/)")
+    collect.add_argument("--detach", action="store_true", help="run as a background daemon writing a log file")
+    collect.add_argument("--log", help="log file of the detached daemon (default: <data_root>/<session>.log)")
+    collect.set_defaults(handler=_run_collect)
+
+
+def _load_config_or_exit(path: str):
+    from collector.config import ConfigError, load_session_config
+
+    try:
+        return load_session_config(path)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _run_collect(args: argparse.Namespace) -> int:
+    config = _load_config_or_exit(args.config)
+    if args.detach:
+        return _detach(args, config)
+    from collector.progress import ProgressDisplay
+    from collector.session import Collector
+
+    with ProgressDisplay() as display:
+        code = Collector(config, on_progress=display).run()
+    return code
+
+
+def _detach(args: argparse.Namespace, config) -> int:
+    import pathlib
+    import subprocess
+
+    session = config.session_id or "session"
+    log_path = pathlib.Path(args.log or config.data_root / f"{session}.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "collector.cli", "collect", "--config", args.config],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    print(f"collector started: pid {process.pid}, log {log_path}, control {config.control_address}")
+    print(f"watch it with: pandalab ctl status --address {config.control_address}")
+    return 0
+
+
+def _add_ctl(subparsers: argparse._SubParsersAction) -> None:
+    ctl = subparsers.add_parser("ctl", help="talk to a running collector over ZMQ")
+    ctl.add_argument("command", choices=["status", "pause", "resume", "stop", "estop", "watch"])
+    where = ctl.add_mutually_exclusive_group()
+    where.add_argument("--config", help="the session's YAML file (its control/telemetry addresses)")
+    where.add_argument("--address", help="control address (default tcp://127.0.0.1:5555); watch: telemetry")
+    ctl.add_argument("--reason", default="", help="reason logged with the command")
+    ctl.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
+    ctl.set_defaults(handler=_run_ctl)
+
+
+def _run_ctl(args: argparse.Namespace) -> int:
+    import json
+
+    from collector.control import send_request, subscribe_telemetry
+
+    if args.config:
+        config = _load_config_or_exit(args.config)
+        control, telemetry = config.control_address, config.telemetry_address
+    else:
+        control = args.address or "tcp://127.0.0.1:5555"
+        telemetry = args.address or "tcp://127.0.0.1:5556"
+    try:
+        if args.command == "watch":
+            while True:
+                print(json.dumps(subscribe_telemetry(telemetry, args.timeout)), flush=True)
+        fields = {"reason": args.reason} if args.reason else {}
+        reply = send_request(control, args.command, args.timeout, **fields)
+    except TimeoutError as error:
+        print(error, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    print(json.dumps(reply, indent=2))
+    return 0 if reply.get("ok") else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pandalab", description="Robot-lab data collection for the Franka Panda.")
     subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_collect(subparsers)
+    _add_ctl(subparsers)
     _add_sim(subparsers)
     return parser
 

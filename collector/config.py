@@ -114,10 +114,12 @@ class SessionConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> SessionConfig:
+        if self.explorer.observation == "image" and not self.robot.options.get("cameras", True):
+            raise ValueError("explorer.observation: image needs at least one camera in robot.options.cameras")
         if self.explorer.observation == "proprio+object" and not self.simulated:
             raise ValueError("explorer.observation: proprio+object needs privileged state, only in simulation")
         home = np.array(self.home_q)
-        low, high = self.safety.joint_position_bounds()
+        low, high = self.safety.q_lower, self.safety.q_upper
         if np.any(home < low) or np.any(home > high):
             raise ValueError(f"home_q: {list(home)} lies outside the safety joint limits")
         clash = {"action_space", "control_rate_hz", "seed", "backend"} & set(self.robot.options)

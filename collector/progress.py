@@ -1,0 +1,89 @@
+"""The live progress display of `pandalab collect` (foreground) and its plain-log twin (daemon)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+
+def eta_seconds(status: dict[str, Any]) -> float | None:
+    """Seconds to the nearest stop condition at the current step rate, or None if unknown."""
+    rate = status.get("step_rate_hz") or 0.0
+    target = status.get("stop_at") or {}
+    estimates = []
+    if target.get("wall_time_s"):
+        estimates.append(max(0.0, target["wall_time_s"] - status["elapsed_s"]))
+    if rate > 0 and target.get("transitions"):
+        estimates.append(max(0, target["transitions"] - status["transitions"]) / rate)
+    if rate > 0 and target.get("episodes"):
+        remaining = max(0, target["episodes"] - status["episodes"]) * status["episode_steps"] - status["episode_step"]
+        estimates.append(max(0, remaining) / rate)
+    return min(estimates) if estimates else None
+
+
+def _format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _event_text(event: dict[str, Any] | None) -> str:
+    if not event:
+        return "none"
+    where = "" if event.get("where") is None else f" {event['where']}"
+    return f"{event['kind']}{where} ({event.get('magnitude')})"
+
+
+def render_status(status: dict[str, Any]) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    state = status["state"] + (f" — {status['hold_reason']}" if status.get("hold_reason") else "")
+    table.add_row("session", f"{status['session']}   state: {state}")
+    table.add_row("episode", f"{status['episode']}  step {status['episode_step']}/{status['episode_steps']}")
+    table.add_row("collected", f"{status['episodes']} episodes, {status['transitions']} transitions")
+    table.add_row("rate", f"{status['step_rate_hz']:.1f} steps/s   ETA {_format_duration(eta_seconds(status))}")
+    table.add_row("last safety event", _event_text(status.get("last_safety_event")))
+    table.add_row("disk free", f"{status.get('disk_free_gb')} GB")
+    return table
+
+
+class ProgressDisplay:
+    """A rich live panel on a terminal; one plain line every ``log_every_s`` otherwise."""
+
+    def __init__(self, log_every_s: float = 10.0) -> None:
+        self.interactive = sys.stdout.isatty()
+        self.console = Console()
+        self.live = Live(console=self.console, refresh_per_second=4) if self.interactive else None
+        self.log_every_s = log_every_s
+        self._last_line = 0.0
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def __call__(self, status: dict[str, Any]) -> None:
+        if self.live is not None:
+            self.live.update(render_status(status))
+            return
+        now = time.monotonic()
+        if now - self._last_line >= self.log_every_s or status["state"] == "stopped":
+            self._last_line = now
+            print(
+                f"[{time.strftime('%H:%M:%S')}] {status['state']} episode {status['episode']} "
+                f"step {status['episode_step']} | {status['episodes']} episodes {status['transitions']} transitions "
+                f"| {status['step_rate_hz']:.1f} steps/s ETA {_format_duration(eta_seconds(status))} "
+                f"| last safety event: {_event_text(status.get('last_safety_event'))}",
+                flush=True,
+            )

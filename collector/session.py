@@ -1,0 +1,436 @@
+"""The collector: one session of exploration on one arm, recorded episode by episode.
+
+The step loop (DESIGN.md):
+
+    state = safe.read_state()                      # q, dq, tool tip, images, privileged (sim)
+    action = explorer.act(observation(state))      # task-agnostic: never rewards, never privileged
+    command, events = safe.act(state, action)      # the safety filter, then driver.send
+    recorder.append(step)                          # non-blocking: the store's writer thread persists it
+
+An episode ends when it reaches its length (outcome ``complete``), when the violation monitor
+finds the arm outside its limits or the simulator reports a collision (``safety_stop``), on a
+driver fault (``fault``), or on an operator e-stop (``operator_stop``).  Then the explorer learns
+from it, its state is checkpointed atomically, and the arm is reset (planned through the safety
+filter on hardware, teleported in simulation).
+
+Operator requests (ZMQ, `collector.control`) are answered once per step; SIGINT / SIGTERM act as
+``stop`` (finish the episode, then exit) and a second SIGINT as ``estop``.  The store asking to
+hold (disk nearly full, writer behind) stops the arm; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import pathlib
+import pickle
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from collector.config import SessionConfig, dump_session_config
+from collector.control import ControlServer
+from collector.explorers import Explorer, ExplorerSpec, make_explorer
+from collector.store import SessionStore, atomic_write_bytes, read_manifest
+from robot_drivers import ActionSpace, DriverFault, RobotState, create_driver
+from robot_drivers.safe_driver import SafeDriver
+from safety import SafetyEvent, ViolationMonitor, Watchdog, contact_events
+
+CHECKPOINT_PATH = pathlib.Path("explorer") / "checkpoint.pt"
+"""Explorer checkpoint inside the session directory: a pickle of ``{"explorer": state_dict, ...}``."""
+LOGGED_EVENT_KINDS = {"nonfinite", "fault", "emergency_brake", "watchdog", "violation", "hold"}
+"""Safety events written to events.jsonl one by one; the frequent kinds (clips, limits) are
+counted per episode in its metadata instead."""
+TELEMETRY_PERIOD_S = 0.5
+MAX_CONSECUTIVE_FAULTS = 3
+"""Driver faults in a row (each followed by a failed recovery) before the collector gives up."""
+
+
+@dataclasses.dataclass
+class EpisodeResult:
+    index: int
+    steps: int
+    outcome: str
+
+
+class Collector:
+    """Runs one collection session; `run` returns the process exit code."""
+
+    def __init__(
+        self,
+        config: SessionConfig,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        self.config = config
+        self.session_id = config.session_id or time.strftime("%Y%m%d-%H%M%S")
+        self.on_progress = on_progress
+        self.install_signal_handlers = install_signal_handlers
+        self.episode_steps = config.resolved_episode_steps
+        self.realtime = config.resolved_realtime
+        self.state_name = "starting"
+        self.paused = False
+        self.hold_reason: str | None = None
+        self.stop_requested = False
+        self.estop_requested = False
+        self.transitions = 0
+        self.episodes = 0
+        self.episode_index: int | None = None
+        self.episode_step = 0
+        self.last_safety_event: dict[str, Any] | None = None
+        self.started_at = time.monotonic()
+        self._step_times: collections.deque[float] = collections.deque(maxlen=200)
+        self._last_telemetry = 0.0
+        self._sigint_count = 0
+        self.store: SessionStore | None = None
+        self.control: ControlServer | None = None
+        self.driver = None
+        self.safe: SafeDriver | None = None
+        self.explorer: Explorer | None = None
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def _open(self) -> None:
+        config = self.config
+        resolved = config.model_copy(update={"session_id": self.session_id})
+        self.store = SessionStore.open(
+            config.data_root,
+            self.session_id,
+            session_yaml_text=dump_session_config(resolved),
+            flush_every_steps=config.store.flush_every_steps,
+            free_space_floor_bytes=int(config.store.free_space_floor_mb * 1e6),
+        )
+        manifest = read_manifest(self.store.session_dir)
+        self.episodes = len(manifest)
+        self.transitions = sum(info.steps for info in manifest)
+        self.store.log_event(
+            "session_start",
+            resumed=bool(manifest),
+            recovery=self.store.recovery.summary(),
+            episodes=self.episodes,
+            transitions=self.transitions,
+            fsync=True,
+        )
+        self.control = ControlServer(config.control_address, config.telemetry_address)
+        options = config.driver_options() | {"action_space": ActionSpace.joint_velocity.value}
+        self.driver = create_driver(config.robot.backend, options)
+        self.driver.connect()
+        watchdog = Watchdog(max_state_age_s=2.0 / config.control_rate_hz) if self.realtime else None
+        self.safe = SafeDriver(self.driver, config.safety, config.action_space, watchdog=watchdog)
+        self.monitor = ViolationMonitor(config.safety)
+        self.explorer = self._build_explorer()
+
+    def _observation_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        limits = self.config.safety
+        low = [limits.q_lower, -limits.velocity_caps]
+        high = [limits.q_upper, limits.velocity_caps]
+        if self.config.explorer.observation == "proprio+object":
+            low += [np.array([0.16, -0.4, limits.table_height]), -np.ones(4)]
+            high += [np.array([0.96, 0.4, limits.table_height + 0.3]), np.ones(4)]
+        return np.concatenate(low), np.concatenate(high)
+
+    def _build_explorer(self) -> Explorer:
+        low, high = self._observation_bounds()
+        limit = self.safe.action_limit
+        spec = ExplorerSpec(low, high, limit, len(limit), self.episode_steps)
+        settings = self.config.explorer
+        explorer = make_explorer(settings.name, spec, settings.parameters, self.config.seed)
+        checkpoint = self.store.session_dir / CHECKPOINT_PATH
+        if checkpoint.exists():
+            saved = pickle.loads(checkpoint.read_bytes())
+            explorer.load_state_dict(saved["explorer"])
+            self.store.log_event("explorer_resumed", episodes_started=explorer.episodes_started)
+        return explorer
+
+    def observation(self, state: RobotState) -> np.ndarray:
+        """What the explorer sees: (q, dq), plus the cube pose in privileged experiments."""
+        parts = [state.q, state.dq]
+        if self.config.explorer.observation == "proprio+object":
+            parts += [state.privileged["cube_pos"], state.privileged["cube_quat"]]
+        return np.concatenate(parts)
+
+    # ---- operator requests ----------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        times = list(self._step_times)
+        rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+        health = self.store.health() if self.store else None
+        target = self.config.stop
+        return {
+            "session": self.session_id,
+            "state": self.state_name,
+            "paused": self.paused,
+            "hold_reason": self.hold_reason,
+            "episode": self.episode_index,
+            "episode_step": self.episode_step,
+            "episode_steps": self.episode_steps,
+            "episodes": self.episodes,
+            "transitions": self.transitions,
+            "step_rate_hz": round(rate, 2),
+            "elapsed_s": round(now - self.started_at, 1),
+            "stop_at": {
+                "transitions": target.transitions,
+                "episodes": target.episodes,
+                "wall_time_s": target.wall_time_s,
+            },
+            "last_safety_event": self.last_safety_event,
+            "disk_free_gb": round(health.free_bytes / 1e9, 3) if health else None,
+            "stop_requested": self.stop_requested,
+        }
+
+    def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = request["command"]
+        if command != "status":
+            self.store.log_event("operator", command=command, reason=request.get("reason", ""), fsync=True)
+        if command == "pause":
+            self.paused = True
+        elif command == "resume":
+            self.paused = False
+            self.hold_reason = None
+            self.monitor.release()
+        elif command == "stop":
+            self.stop_requested = True
+        elif command == "estop":
+            self.estop_requested = True
+            self._estop_now()
+        return self.status()
+
+    def _estop_now(self) -> None:
+        """Stop the arm immediately, from the request handler (inside the loop's thread)."""
+        with contextlib.suppress(DriverFault):
+            self.safe.stop()
+        self.paused = True
+        self.hold_reason = "e-stop: send resume to continue"
+
+    def _poll(self, force_telemetry: bool = False) -> None:
+        self.control.poll(self.handle_request)
+        now = time.monotonic()
+        if force_telemetry or now - self._last_telemetry >= TELEMETRY_PERIOD_S:
+            self._last_telemetry = now
+            snapshot = self.status()
+            self.control.publish(snapshot)
+            if self.on_progress is not None:
+                self.on_progress(snapshot)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT:
+            self._sigint_count += 1
+            if self._sigint_count >= 2:
+                self.estop_requested = True
+                return
+        self.stop_requested = True
+
+    # ---- the session ------------------------------------------------------------------------------
+    def stop_condition_met(self) -> bool:
+        target = self.config.stop
+        return (
+            (target.transitions is not None and self.transitions >= target.transitions)
+            or (target.episodes is not None and self.episodes >= target.episodes)
+            or (target.wall_time_s is not None and time.monotonic() - self.started_at >= target.wall_time_s)
+        )
+
+    def run(self) -> int:
+        """Run until the stop condition, a ``stop`` request or a signal; returns the exit code."""
+        previous_handlers = {}
+        if self.install_signal_handlers and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous_handlers[signum] = signal.signal(signum, self._on_signal)
+        try:
+            self._open()
+            return self._loop()
+        finally:
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
+            self._close()
+
+    def _loop(self) -> int:
+        faults = 0
+        self._recover_arm()
+        while not (self.stop_requested or self.stop_condition_met()):
+            if not self._wait_while_held():
+                break
+            try:
+                result = self.run_episode()
+                faults = 0 if result.outcome != "fault" else faults + 1
+            except DriverFault as fault:
+                faults += 1
+                self.store.log_event("driver_fault", reason=fault.reason.value, message=fault.message, fsync=True)
+            if faults >= MAX_CONSECUTIVE_FAULTS:
+                self.store.log_event("giving_up", faults=faults, fsync=True)
+                return 1
+            if faults:
+                try:
+                    self._recover_arm()
+                except DriverFault as fault:
+                    self.store.log_event("reset_failed", message=fault.message, fsync=True)
+                    self.paused, self.hold_reason = True, f"driver fault, reset failed: {fault.message}"
+        self.state_name = "stopped"
+        self.store.log_event("session_stop", episodes=self.episodes, transitions=self.transitions, fsync=True)
+        self._poll(force_telemetry=True)
+        return 0
+
+    def _recover_arm(self) -> RobotState:
+        """Bring the arm to rest, then to home (planned through the filter on hardware)."""
+        self.state_name = "resetting"
+        self.safe.stop()
+        return self.safe.reset(np.array(self.config.home_q), planned=not self.config.simulated)
+
+    def _wait_while_held(self) -> bool:
+        """Idle with the arm stopped while paused or held; False if a stop came meanwhile."""
+        stopped = False
+        while self.paused or self.hold_reason:
+            if not stopped:
+                self.safe.stop()
+                stopped = True
+            self.state_name = "held" if self.hold_reason else "paused"
+            self._poll()
+            if self.stop_requested:
+                return False
+            if self.hold_reason and self.hold_reason.startswith("store:") and not self.store.health().hold:
+                self.hold_reason = None  # the writer caught up / space was freed
+            time.sleep(0.02)
+        if stopped:
+            self.safe.filter.notify_stopped()
+        return True
+
+    def run_episode(self) -> EpisodeResult:
+        """Record one episode, then let the explorer learn and reset the arm."""
+        explorer, safe = self.explorer, self.safe
+        explorer_info = explorer.begin_episode()
+        recorder = self.store.begin_episode(
+            {"explorer": self.config.explorer.name, **explorer_info},
+            seeds={"session": self.config.seed, "episode_index": self.store.next_index},
+        )
+        self.episode_index, self.episode_step = recorder.index, 0
+        self.state_name = "running"
+        observations, loop_periods, counts = [], [], collections.Counter()
+        missed_deadlines, outcome = 0, "complete"
+        period = 1.0 / self.config.control_rate_hz
+        state = safe.read_state()
+        next_deadline = time.monotonic() + period
+        previous_start = None
+        try:
+            for step in range(self.episode_steps):
+                started = time.monotonic()
+                if previous_start is not None:
+                    loop_periods.append(started - previous_start)
+                previous_start = started
+                self._step_times.append(started)
+                self._poll()
+                if self.estop_requested:
+                    outcome = "operator_stop"
+                    self.estop_requested = False
+                    self._estop_now()
+                    break
+                if self.paused or self.hold_reason:
+                    if not self._wait_while_held():
+                        outcome = "operator_stop"  # stopped while paused: the episode ends here
+                        break
+                    state = safe.read_state()
+                    next_deadline = time.monotonic() + period
+                observation = self.observation(state)
+                action = np.asarray(explorer.act(observation), dtype=np.float64)
+                command, events = safe.act(state, action, deadline=next_deadline if self.realtime else None)
+                observations.append(observation)
+                if not recorder.append(self._step_record(state, action, command.values, len(events))):
+                    self.safe.stop()
+                    self.hold_reason = "store: " + self.store.health().reason
+                    self.store.log_event("store_hold", reason=self.hold_reason, fsync=True)
+                self._count_events(events, counts)
+                self.episode_step = step + 1
+                state = safe.read_state()
+                verdict = self.monitor.check(state, now=time.monotonic())
+                collisions = contact_events(self.driver.arm_contacts()) if hasattr(self.driver, "arm_contacts") else []
+                if not verdict.ok or collisions:
+                    self._count_events(list(verdict.events) + collisions, counts, log_all=True)
+                    outcome = "safety_stop"
+                    if verdict.action == "hold":
+                        self.hold_reason = "repeated safety violations: inspect the arm, then resume"
+                    break
+                if self.realtime:
+                    delay = next_deadline - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    elif -delay > period / 2:
+                        missed_deadlines += 1
+                    next_deadline += period
+        except DriverFault as fault:
+            outcome = "fault"
+            self.store.log_event("driver_fault", reason=fault.reason.value, message=fault.message, fsync=True)
+        if outcome != "complete":
+            with contextlib.suppress(DriverFault):
+                safe.stop()
+        return self._end_episode(recorder, outcome, observations, loop_periods, missed_deadlines, counts)
+
+    def _step_record(self, state: RobotState, action: np.ndarray, command: np.ndarray, n_events: int) -> dict:
+        step = {
+            "time": np.float64(state.time),
+            "obs/q": state.q,
+            "obs/dq": state.dq,
+            "obs/tip_pos": state.tip_pos,
+            "obs/gripper_width": np.float64(state.gripper_width),
+            "action": action,
+            "command": command,
+            "safety/interventions": np.int16(n_events),
+        }
+        for name, image in state.images.items():
+            step[f"obs/images/{name}"] = image
+        for key, value in state.privileged.items():
+            step[f"privileged/{key}"] = value
+        return step
+
+    def _count_events(self, events: list[SafetyEvent], counts: collections.Counter, log_all: bool = False) -> None:
+        for event in events:
+            counts[event.kind] += 1
+            if log_all or event.kind in LOGGED_EVENT_KINDS:
+                record = event.to_dict()
+                self.last_safety_event = record
+                self.store.log_event("safety", episode=self.episode_index, **record, fsync=True)
+        if events and not log_all:
+            self.last_safety_event = events[-1].to_dict()
+
+    def _end_episode(self, recorder, outcome, observations, loop_periods, missed, counts) -> EpisodeResult:
+        periods = np.array(loop_periods) if loop_periods else np.zeros(1)
+        timing = {
+            "loop_period_mean_s": float(periods.mean()),
+            "loop_period_p99_s": float(np.percentile(periods, 99)),
+            "loop_period_max_s": float(periods.max()),
+            "missed_deadlines": missed,
+            "realtime": self.realtime,
+        }
+        steps = recorder.steps
+        info = recorder.finish(outcome, {"timing": timing, "safety_event_counts": dict(counts)})
+        index = recorder.index
+        if info is not None:
+            self.episodes += 1
+            self.transitions += steps
+        self.state_name = "training"
+        self.explorer.on_episode_end(np.array(observations))
+        started = time.monotonic()
+        stats = self.explorer.train(self.store)
+        train_s = time.monotonic() - started
+        atomic_write_bytes(
+            self.store.session_dir / CHECKPOINT_PATH,
+            pickle.dumps({"explorer": self.explorer.state_dict(), "after_episode": index}),
+        )
+        self.store.log_event(
+            "episode_end", episode=index, steps=steps, outcome=outcome, train_s=round(train_s, 4), **stats
+        )
+        self._recover_arm()  # also before exiting: the arm is left at home, at rest
+        return EpisodeResult(index, steps, outcome)
+
+    def _close(self) -> None:
+        if self.safe is not None:
+            with contextlib.suppress(DriverFault):
+                self.safe.stop()
+        if self.driver is not None:
+            with contextlib.suppress(DriverFault):
+                self.driver.close()
+        if self.control is not None:
+            self.control.close()
+        if self.store is not None:
+            self.store.close()
