@@ -125,11 +125,49 @@ def _run_ctl(args: argparse.Namespace) -> int:
     return 0 if reply.get("ok") else 1
 
 
+def _add_data(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="summarise, check, render and plot recorded sessions")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    info = data_sub.add_parser("info", help="sessions, episodes, transitions, outcomes, size")
+    info.add_argument("paths", nargs="+", help="session directories or data roots")
+    verify = data_sub.add_parser("verify", help="checksums and schema of every file; exit 1 on damage")
+    verify.add_argument("paths", nargs="+", help="session directories or data roots")
+    video = data_sub.add_parser("video", help="an mp4 of one camera of one episode")
+    video.add_argument("session", help="session directory")
+    video.add_argument("--episode", type=int, required=True, help="episode index")
+    video.add_argument("--camera", help="camera name (default: the first recorded)")
+    video.add_argument("--out", help="output file (default: <session>/episode_<N>_<camera>.mp4)")
+    video.add_argument("--fps", type=float, default=20.0, help="frames per second (default 20, the control rate)")
+    coverage = data_sub.add_parser("coverage", help="PNG of tool-tip and cube positions (seed 003 Fig. 5)")
+    coverage.add_argument("paths", nargs="+", help="session directories or data roots")
+    coverage.add_argument("--out", default="coverage.png", help="PNG to write (default coverage.png)")
+    data.set_defaults(handler=_run_data)
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from collector import datatools
+
+    try:
+        if args.data_command == "info":
+            datatools.info(args.paths)
+        elif args.data_command == "verify":
+            return 0 if datatools.verify(args.paths) else 1
+        elif args.data_command == "video":
+            print(datatools.video(args.session, args.episode, args.out, args.camera, args.fps))
+        else:
+            datatools.coverage(args.paths, args.out)
+    except (datatools.DataToolError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pandalab", description="Robot-lab data collection for the Franka Panda.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_collect(subparsers)
     _add_ctl(subparsers)
+    _add_data(subparsers)
     _add_sim(subparsers)
     return parser
 
