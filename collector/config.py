@@ -13,6 +13,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from collector.explorers import explorer_class
 from robot_drivers import ActionSpace, backend_names, driver_class
 from safety.limits import SafetyLimits
 
@@ -140,30 +141,55 @@ def _format_errors(error: ValidationError, prefix: str = "") -> list[str]:
     return lines
 
 
+def _option_problems(data: dict[str, Any]) -> list[str]:
+    """Errors in the backend's and the explorer's own options, checked from the raw mapping so
+    they are reported together with the session's own errors."""
+    problems: list[str] = []
+    robot = data.get("robot") if isinstance(data.get("robot"), dict) else {}
+    backend = robot.get("backend", RobotConfig.model_fields["backend"].default)
+    options = robot.get("options", {})
+    if backend in backend_names() and isinstance(options, dict):
+        config_class = getattr(driver_class(backend), "config_class", None)
+        session = {k: data[k] for k in ("action_space", "control_rate_hz", "seed") if k in data}
+        if config_class is not None:
+            filled = {**options, **session}
+            if backend in SIMULATED_BACKENDS:
+                filled["backend"] = backend
+            filled["action_space"] = ActionSpace.joint_velocity.value  # the filter sends joint velocities
+            try:
+                config_class(**filled)
+            except ValidationError as error:
+                problems += [p for p in _format_errors(error, "robot.options.") if p.split(":")[0] != "robot.options."]
+            except TypeError as error:
+                problems.append(f"robot.options: {error}")
+    explorer = data.get("explorer") if isinstance(data.get("explorer"), dict) else {}
+    name = explorer.get("name", ExplorerSettings.model_fields["name"].default)
+    parameters = explorer.get("parameters", {})
+    try:
+        cls = explorer_class(name) if isinstance(name, str) else None
+    except KeyError as error:
+        problems.append(f"explorer.name: {error.args[0]}")
+        cls = None
+    if cls is not None and isinstance(parameters, dict):
+        try:
+            cls.config_class(**parameters)
+        except ValidationError as error:
+            problems += _format_errors(error, "explorer.parameters.")
+    return problems
+
+
 def parse_session_config(data: Any, source: str = "config") -> SessionConfig:
-    """Validate a config mapping, including the backend's and the explorer's own options."""
+    """Validate a config mapping, including the backend's and the explorer's own options; the
+    `ConfigError` lists every problem found, one per line, each starting with its field."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    problems = _option_problems(data)
+    config = None
     try:
         config = SessionConfig(**data)
     except ValidationError as error:
-        raise ConfigError(f"{source}: invalid session config:\n  " + "\n  ".join(_format_errors(error))) from None
-    problems: list[str] = []
-    config_class = getattr(driver_class(config.robot.backend), "config_class", None)
-    if config_class is not None:
-        try:
-            config_class(**config.driver_options())
-        except ValidationError as error:
-            problems += _format_errors(error, "robot.options.")
-    from collector.explorers import explorer_class
-
-    try:
-        explorer_class(config.explorer.name).config_class(**config.explorer.parameters)
-    except KeyError as error:
-        problems.append(f"explorer.name: {error.args[0]}")
-    except ValidationError as error:
-        problems += _format_errors(error, "explorer.parameters.")
-    if problems:
+        problems = _format_errors(error) + problems
+    if problems or config is None:
         raise ConfigError(f"{source}: invalid session config:\n  " + "\n  ".join(problems))
     return config
 

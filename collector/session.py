@@ -39,7 +39,7 @@ from collector.explorers import Explorer, ExplorerSpec, make_explorer
 from collector.store import SessionStore, atomic_write_bytes, read_manifest
 from robot_drivers import ActionSpace, DriverFault, RobotState, create_driver
 from robot_drivers.safe_driver import SafeDriver
-from safety import SafetyEvent, ViolationMonitor, Watchdog, contact_events
+from safety import ResetPlanningError, SafetyEvent, ViolationMonitor, Watchdog, contact_events
 
 CHECKPOINT_PATH = pathlib.Path("explorer") / "checkpoint.pt"
 """Explorer checkpoint inside the session directory: a pickle of ``{"explorer": state_dict, ...}``."""
@@ -84,6 +84,7 @@ class Collector:
         self.episode_step = 0
         self.last_safety_event: dict[str, Any] | None = None
         self.started_at = time.monotonic()
+        self.needs_reset = True
         self._step_times: collections.deque[float] = collections.deque(maxlen=200)
         self._last_telemetry = 0.0
         self._sigint_count = 0
@@ -249,35 +250,46 @@ class Collector:
 
     def _loop(self) -> int:
         faults = 0
-        self._recover_arm()
+        self.needs_reset = True  # a (re)started collector never continues into a moving arm
         while not (self.stop_requested or self.stop_condition_met()):
             if not self._wait_while_held():
                 break
             try:
+                if self.needs_reset:
+                    self._recover_arm()
+                    if self.hold_reason:
+                        continue
                 result = self.run_episode()
                 faults = 0 if result.outcome != "fault" else faults + 1
             except DriverFault as fault:
                 faults += 1
+                self.needs_reset = True
                 self.store.log_event("driver_fault", reason=fault.reason.value, message=fault.message, fsync=True)
             if faults >= MAX_CONSECUTIVE_FAULTS:
                 self.store.log_event("giving_up", faults=faults, fsync=True)
                 return 1
-            if faults:
-                try:
-                    self._recover_arm()
-                except DriverFault as fault:
-                    self.store.log_event("reset_failed", message=fault.message, fsync=True)
-                    self.paused, self.hold_reason = True, f"driver fault, reset failed: {fault.message}"
+        if self.needs_reset:
+            with contextlib.suppress(DriverFault):
+                self._recover_arm()  # leave the arm at home, at rest
         self.state_name = "stopped"
         self.store.log_event("session_stop", episodes=self.episodes, transitions=self.transitions, fsync=True)
         self._poll(force_telemetry=True)
         return 0
 
-    def _recover_arm(self) -> RobotState:
-        """Bring the arm to rest, then to home (planned through the filter on hardware)."""
+    def _recover_arm(self) -> None:
+        """Bring the arm to rest, then to home (planned through the filter on hardware).
+
+        When no safe path home can be planned (a folded pose the planner refuses), the arm stays
+        stopped and the collector holds for the operator to guide it back by hand."""
         self.state_name = "resetting"
         self.safe.stop()
-        return self.safe.reset(np.array(self.config.home_q), planned=not self.config.simulated)
+        try:
+            self.safe.reset(np.array(self.config.home_q), planned=not self.config.simulated)
+            self.needs_reset = False
+        except ResetPlanningError as error:
+            self.safe.stop()
+            self.hold_reason = f"no safe reset path ({error}): guide the arm near home by hand, then resume"
+            self.store.log_event("reset_refused", message=str(error), fsync=True)
 
     def _wait_while_held(self) -> bool:
         """Idle with the arm stopped while paused or held; False if a stop came meanwhile."""
@@ -389,7 +401,9 @@ class Collector:
             if log_all or event.kind in LOGGED_EVENT_KINDS:
                 record = event.to_dict()
                 self.last_safety_event = record
-                self.store.log_event("safety", episode=self.episode_index, **record, fsync=True)
+                # The event's own kind travels as "event": the store's record already has a "kind" ("safety").
+                fields = {("event" if key == "kind" else key): value for key, value in record.items()}
+                self.store.log_event("safety", episode=self.episode_index, **fields, fsync=True)
         if events and not log_all:
             self.last_safety_event = events[-1].to_dict()
 
@@ -420,7 +434,7 @@ class Collector:
         self.store.log_event(
             "episode_end", episode=index, steps=steps, outcome=outcome, train_s=round(train_s, 4), **stats
         )
-        self._recover_arm()  # also before exiting: the arm is left at home, at rest
+        self.needs_reset = True
         return EpisodeResult(index, steps, outcome)
 
     def _close(self) -> None:
