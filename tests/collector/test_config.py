@@ -48,16 +48,16 @@ def test_every_bad_field_is_named():
 
 
 def test_backend_and_explorer_options_are_checked_before_starting():
-    with pytest.raises(ConfigError, match="robot.options.cameras.0.width"):
+    with pytest.raises(ConfigError, match=r"robot\.options\.cameras\.0\.width"):
         parse_session_config({"robot": {"backend": "pybullet", "options": {"cameras": [{"width": -1}]}}})
-    with pytest.raises(ConfigError, match="explorer.parameters.weight_scal"):
+    with pytest.raises(ConfigError, match=r"explorer\.parameters\.weight_scal"):
         parse_session_config({"explorer": {"name": "random_linear", "parameters": {"weight_scal": 2}}})
-    with pytest.raises(ConfigError, match="explorer.name"):
+    with pytest.raises(ConfigError, match=r"explorer\.name"):
         parse_session_config({"explorer": {"name": "curiosity"}})
 
 
 def test_session_fields_cannot_be_overridden_in_backend_options():
-    with pytest.raises(ConfigError, match="robot.options"):
+    with pytest.raises(ConfigError, match=r"robot\.options"):
         parse_session_config({"robot": {"backend": "pybullet", "options": {"control_rate_hz": 100}}})
 
 
@@ -66,5 +66,5 @@ def test_unreadable_file_and_bad_yaml_name_the_file(tmp_path):
         load_session_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("robot: [unclosed")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
         load_session_config(bad)
