@@ -21,6 +21,7 @@ import numpy as np
 
 from robot_drivers.base import DriverFault, FaultReason, RobotDriver
 from robot_drivers.types import NUM_JOINTS, ActionSpace, Command, RobotState
+from safety.kinematics import pointing_down_rotation, rotation_error
 from sim.config import CameraConfig, SimConfig
 from sim.scene import CUBE_START_POS, CUBE_START_QUAT, DEFAULT_HOME_Q, top_face_index
 
@@ -34,28 +35,6 @@ IK_SOLVE_INTERVAL_S = 0.01
 """Time between two inverse-kinematics solves inside one control period, s."""
 JOINT_SPEED_HARD_LIMIT = np.array([2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61])
 """Franka's own maximum joint speeds, rad/s: the resolved-rate controller never asks for more."""
-
-
-def rotation_error(current: np.ndarray, desired: np.ndarray) -> np.ndarray:
-    """Rotation vector (rad, base frame) that turns rotation matrix ``current`` into ``desired``."""
-    relative = desired @ current.T
-    cos_angle = np.clip((np.trace(relative) - 1.0) / 2.0, -1.0, 1.0)
-    angle = np.arccos(cos_angle)
-    axis = np.array([relative[2, 1] - relative[1, 2], relative[0, 2] - relative[2, 0], relative[1, 0] - relative[0, 1]])
-    if angle < 1e-9:
-        return 0.5 * axis
-    sin_angle = np.sin(angle)
-    if sin_angle < 1e-6:  # angle near pi: pick the axis from the symmetric part
-        axis = np.sqrt(np.maximum((np.diag(relative) + 1.0) / 2.0, 0.0))
-        return angle * axis / max(np.linalg.norm(axis), 1e-12)
-    return angle * axis / (2.0 * sin_angle)
-
-
-def pointing_down_rotation(yaw: float) -> np.ndarray:
-    """Tool orientation with its z axis pointing straight down and the given yaw (rad)."""
-    c, s = np.cos(yaw), np.sin(yaw)
-    # columns: tool x, y, z axes in the base frame
-    return np.array([[c, s, 0.0], [s, -c, 0.0], [0.0, 0.0, -1.0]])
 
 
 class SimPandaDriver(RobotDriver):
