@@ -423,6 +423,7 @@ class Collector:
             self.episodes += 1
             self.transitions += steps
         self.state_name = "training"
+        self.safe.stop()  # the arm is held still while the explorer trains
         self.explorer.on_episode_end(np.array(observations))
         started = time.monotonic()
         stats = self.explorer.train(self.store)
