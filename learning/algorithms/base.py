@@ -49,10 +49,17 @@ class Algorithm(abc.ABC):
 
     name: str
     config_class: type[AlgorithmConfig] = AlgorithmConfig
+    #: observation kinds the algorithm's networks take; any other is refused at construction.
+    observation_kinds: tuple[str, ...] = ("vector", "image")
 
     def __init__(
         self, config: AlgorithmConfig, observation: ObservationSpec, action_dim: int, device: torch.device | str
     ) -> None:
+        if observation.kind not in self.observation_kinds:
+            raise ValueError(
+                f"algorithm '{self.name}' takes {' or '.join(self.observation_kinds)} observations,"
+                f" not '{observation.kind}'"
+            )
         self.config = config
         self.observation = observation
         self.action_dim = action_dim
@@ -73,6 +80,87 @@ class Algorithm(abc.ABC):
 
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    # ---- shared helpers (added; the contract above is unchanged) ---------------------------------
+
+    def header(self) -> dict[str, Any]:
+        """What a checkpoint says about itself: algorithm name, observation spec, action size and
+        config (plain Python values and lists, loadable with ``torch.load(weights_only=True)``)."""
+        obs = self.observation
+        return {
+            "algorithm": self.name,
+            "observation": {
+                "kind": obs.kind,
+                "shape": list(obs.shape),
+                "mean": None if obs.mean is None else np.asarray(obs.mean, dtype=np.float64).tolist(),
+                "std": None if obs.std is None else np.asarray(obs.std, dtype=np.float64).tolist(),
+            },
+            "action_dim": self.action_dim,
+            "config": self.config.model_dump(mode="json"),
+        }
+
+    def check_compatible(self, state: dict[str, Any]) -> None:
+        """Raise ValueError naming the mismatch when ``state`` is not a checkpoint of this algorithm
+        with this observation kind and shape and this action size."""
+        if not isinstance(state, dict) or "algorithm" not in state:
+            raise ValueError(f"not a checkpoint of an offline algorithm (expected '{self.name}')")
+        if state["algorithm"] != self.name:
+            raise ValueError(f"checkpoint is from algorithm '{state['algorithm']}', not '{self.name}'")
+        obs = state.get("observation") or {}
+        if obs.get("kind") != self.observation.kind:
+            raise ValueError(
+                f"checkpoint was trained on '{obs.get('kind')}' observations, not '{self.observation.kind}'"
+            )
+        if tuple(obs.get("shape", ())) != tuple(self.observation.shape):
+            raise ValueError(
+                f"checkpoint observation shape {tuple(obs.get('shape', ()))} differs from"
+                f" {tuple(self.observation.shape)}"
+            )
+        if state.get("action_dim") != self.action_dim:
+            raise ValueError(f"checkpoint action size {state.get('action_dim')} differs from {self.action_dim}")
+
+    def _make_generator(self) -> torch.Generator:
+        """The algorithm's own random stream (noise, augmentation), seeded from torch's global RNG so
+        ``torch.manual_seed`` fixes it, and saved in the state so a resume continues it exactly."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+        return generator
+
+    def _pack(self, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> dict:
+        return {
+            **self.header(),
+            "networks": {k: m.state_dict() for k, m in modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "updates": self.updates,
+            "generator": self.generator.get_state(),
+        }
+
+    def _unpack(
+        self, state: dict, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]
+    ) -> None:
+        self.check_compatible(state)
+        for k, m in modules.items():
+            m.load_state_dict(state["networks"][k])
+        for k, o in optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        self.updates = int(state["updates"])
+        generator_state = state["generator"].cpu()
+        try:
+            self.generator.set_state(generator_state)
+        except RuntimeError:  # saved on another device type (trained on CUDA, evaluated on CPU): a
+            # generator of one kind cannot take the other's state; reseed from it deterministically
+            self.generator.manual_seed(int.from_bytes(bytes(generator_state[:8].tolist()), "little") % 2**62)
+
+
+def observation_spec_from_state(state: dict[str, Any]) -> ObservationSpec:
+    """The ObservationSpec a checkpoint was trained with (to rebuild its algorithm for evaluation)."""
+    obs = state["observation"]
+    return ObservationSpec(
+        kind=obs["kind"],
+        shape=tuple(obs["shape"]),
+        mean=None if obs["mean"] is None else np.asarray(obs["mean"], dtype=np.float32),
+        std=None if obs["std"] is None else np.asarray(obs["std"], dtype=np.float32),
+    )
 
 
 def to_numpy(x: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,265 @@
+"""Training throughput of the offline algorithms: updates/s with the default configs (ALGORITHMS.md),
+on CPU and on CUDA when present; TD3+BC side by side with a REFERENCE loop written the way the
+authors' TD3_BC.py does it (numpy replay buffer, `torch.FloatTensor(x[ind]).to(device)` per batch,
+one update per call, separate Adam steps, a Python loop for the target update), same device and
+network sizes. Ours keeps the dataset on the device and samples by index.
+
+Ours and the reference run in alternating rounds so a busy machine slows both alike; the table gives
+the median over rounds. DrQ+BC (84x84, 3 stacked RGB frames) gets images/s (observations trained on
+per second: batch x updates/s) and the memory per 100K transitions computed from array sizes.
+
+    .venv/bin/python -m benchmarks.train_throughput [--seconds 2] [--rounds 3] [--threads N] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from learning.algorithms import ObservationSpec, make_algorithm
+
+OBS_DIM, ACTION_DIM = 14, 7  # 001's proprio observation (q, dq) and joint-velocity action
+DATASET = 100_000
+IMAGE = (9, 84, 84)
+
+
+# ---- the reference: TD3+BC as in the authors' TD3_BC.py / utils.py -----------------------------------
+
+
+class RefActor(nn.Module):
+    def __init__(self, state_dim, action_dim, max_action):
+        super().__init__()
+        self.l1, self.l2, self.l3 = nn.Linear(state_dim, 256), nn.Linear(256, 256), nn.Linear(256, action_dim)
+        self.max_action = max_action
+
+    def forward(self, state):
+        a = F.relu(self.l1(state))
+        a = F.relu(self.l2(a))
+        return self.max_action * torch.tanh(self.l3(a))
+
+
+class RefCritic(nn.Module):
+    def __init__(self, state_dim, action_dim):
+        super().__init__()
+        self.l1, self.l2, self.l3 = nn.Linear(state_dim + action_dim, 256), nn.Linear(256, 256), nn.Linear(256, 1)
+        self.l4, self.l5, self.l6 = nn.Linear(state_dim + action_dim, 256), nn.Linear(256, 256), nn.Linear(256, 1)
+
+    def forward(self, state, action):
+        sa = torch.cat([state, action], 1)
+        q1 = self.l3(F.relu(self.l2(F.relu(self.l1(sa)))))
+        q2 = self.l6(F.relu(self.l5(F.relu(self.l4(sa)))))
+        return q1, q2
+
+    def Q1(self, state, action):  # the authors' name
+        sa = torch.cat([state, action], 1)
+        return self.l3(F.relu(self.l2(F.relu(self.l1(sa)))))
+
+
+class RefReplayBuffer:
+    def __init__(self, state, action, next_state, reward, not_done, device):
+        self.state, self.action, self.next_state = state, action, next_state
+        self.reward, self.not_done, self.size, self.device = reward, not_done, len(state), device
+
+    def sample(self, batch_size):
+        ind = np.random.randint(0, self.size, size=batch_size)  # noqa: NPY002 - as the authors' utils.py
+        return (
+            torch.FloatTensor(self.state[ind]).to(self.device),
+            torch.FloatTensor(self.action[ind]).to(self.device),
+            torch.FloatTensor(self.next_state[ind]).to(self.device),
+            torch.FloatTensor(self.reward[ind]).to(self.device),
+            torch.FloatTensor(self.not_done[ind]).to(self.device),
+        )
+
+
+class RefTD3BC:
+    def __init__(self, state_dim, action_dim, device, discount=0.99, tau=0.005, alpha=2.5):
+        self.actor = RefActor(state_dim, action_dim, 1.0).to(device)
+        self.actor_target = copy.deepcopy(self.actor)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
+        self.critic = RefCritic(state_dim, action_dim).to(device)
+        self.critic_target = copy.deepcopy(self.critic)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=3e-4)
+        self.max_action, self.discount, self.tau, self.alpha = 1.0, discount, tau, alpha
+        self.policy_noise, self.noise_clip, self.policy_freq, self.total_it = 0.2, 0.5, 2, 0
+
+    def train(self, replay_buffer, batch_size=256):
+        self.total_it += 1
+        state, action, next_state, reward, not_done = replay_buffer.sample(batch_size)
+        with torch.no_grad():
+            noise = (torch.randn_like(action) * self.policy_noise).clamp(-self.noise_clip, self.noise_clip)
+            next_action = (self.actor_target(next_state) + noise).clamp(-self.max_action, self.max_action)
+            target_q1, target_q2 = self.critic_target(next_state, next_action)
+            target_q = reward + not_done * self.discount * torch.min(target_q1, target_q2)
+        current_q1, current_q2 = self.critic(state, action)
+        critic_loss = F.mse_loss(current_q1, target_q) + F.mse_loss(current_q2, target_q)
+        self.critic_optimizer.zero_grad()
+        critic_loss.backward()
+        self.critic_optimizer.step()
+        if self.total_it % self.policy_freq == 0:
+            pi = self.actor(state)
+            q = self.critic.Q1(state, pi)
+            lmbda = self.alpha / q.abs().mean().detach()
+            actor_loss = -lmbda * q.mean() + F.mse_loss(pi, action)
+            self.actor_optimizer.zero_grad()
+            actor_loss.backward()
+            self.actor_optimizer.step()
+            for param, target_param in zip(self.critic.parameters(), self.critic_target.parameters(), strict=True):
+                target_param.data.copy_(self.tau * param.data + (1 - self.tau) * target_param.data)
+            for param, target_param in zip(self.actor.parameters(), self.actor_target.parameters(), strict=True):
+                target_param.data.copy_(self.tau * param.data + (1 - self.tau) * target_param.data)
+
+
+# ---- measurement ------------------------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rate(step: Callable[[], None], device: torch.device, seconds: float, min_steps: int = 3) -> float:
+    """Steps per second of ``step`` over about ``seconds`` (after two warm-up steps)."""
+    for _ in range(2):
+        step()
+    sync(device)
+    n, start = 0, time.perf_counter()
+    while n < min_steps or time.perf_counter() - start < seconds:
+        step()
+        n += 1
+    sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def vector_data(device: torch.device) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    data = {
+        "obs": torch.randn(DATASET, OBS_DIM, generator=g),
+        "next_obs": torch.randn(DATASET, OBS_DIM, generator=g),
+        "action": torch.rand(DATASET, ACTION_DIM, generator=g) * 2 - 1,
+        "reward": torch.randn(DATASET, generator=g),
+        "discount": torch.full((DATASET,), 0.99),
+    }
+    return {k: v.to(device) for k, v in data.items()}
+
+
+def ours_step(name: str, data: dict[str, torch.Tensor], device: torch.device, config: dict | None = None):
+    spec = ObservationSpec("vector", (OBS_DIM,), mean=np.zeros(OBS_DIM), std=np.ones(OBS_DIM))
+    algo = make_algorithm(name, config or {}, spec, ACTION_DIM, device)
+    batch_size = algo.config.batch_size
+
+    def step() -> None:
+        idx = torch.randint(0, DATASET, (batch_size,), device=device)
+        algo.update({k: v[idx] for k, v in data.items()})
+
+    return step, batch_size
+
+
+def reference_step(data: dict[str, torch.Tensor], device: torch.device):
+    arrays = {k: v.cpu().numpy() for k, v in data.items()}
+    buffer = RefReplayBuffer(
+        arrays["obs"],
+        arrays["action"],
+        arrays["next_obs"],
+        arrays["reward"].reshape(-1, 1),
+        (arrays["discount"] > 0).astype(np.float32).reshape(-1, 1),
+        device,
+    )
+    ref = RefTD3BC(OBS_DIM, ACTION_DIM, device)
+    return lambda: ref.train(buffer, 256)
+
+
+def median_rates(steps: dict[str, Callable[[], None]], device, seconds: float, rounds: int) -> dict[str, float]:
+    results: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(rounds):  # alternate so that background load hits every entry alike
+        for k, step in steps.items():
+            results[k].append(rate(step, device, seconds))
+    return {k: statistics.median(v) for k, v in results.items()}
+
+
+def drq_rate(device: torch.device, batch_size: int, updates: int) -> float:
+    spec = ObservationSpec("image", IMAGE)
+    algo = make_algorithm("drqbc", {"batch_size": batch_size}, spec, ACTION_DIM, device)
+    g = torch.Generator().manual_seed(0)
+    n = max(4 * batch_size, 1024)
+    frames = torch.randint(0, 256, (n, *IMAGE), generator=g, dtype=torch.uint8).to(device)
+    actions = (torch.rand(n, ACTION_DIM, generator=g) * 2 - 1).to(device)
+
+    def step() -> None:
+        idx = torch.randint(0, n - 1, (batch_size,), device=device)
+        batch = {"obs": frames[idx], "next_obs": frames[idx + 1], "action": actions[idx]}
+        batch["reward"], batch["discount"] = (
+            torch.zeros(batch_size, device=device),
+            torch.full((batch_size,), 0.97, device=device),
+        )
+        algo.update(batch)
+
+    step()  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(updates):
+        step()
+    sync(device)
+    return updates / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per entry and round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median reported)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", action="append", help="cpu and/or cuda (default: cpu, and cuda if present)")
+    parser.add_argument("--drq-updates", type=int, default=3, help="timed DrQ+BC updates at batch 256 on CPU")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    print(f"torch {torch.__version__}, intra-op threads: {torch.get_num_threads()}")
+    torch.manual_seed(0)
+    np.random.seed(0)  # noqa: NPY002 - the reference buffer samples from numpy's global RNG
+
+    rows = []
+    for dev_name in devices:
+        device = torch.device(dev_name)
+        data = vector_data(device)
+        td3_ours, _ = ours_step("td3bc", data, device)
+        rates = median_rates({"ours": td3_ours, "ref": reference_step(data, device)}, device, args.seconds, args.rounds)
+        rows.append((dev_name, "TD3+BC", 256, rates["ours"], rates["ref"]))
+        for name, label in (("bcq", "BCQ"), ("bc", "BC")):
+            step, batch_size = ours_step(name, data, device)
+            rows.append((dev_name, label, batch_size, median_rates({"x": step}, device, args.seconds, 1)["x"], None))
+        drq_batches = [(256, args.drq_updates), (32, 10)] if dev_name == "cpu" else [(256, 50)]
+        for batch_size, updates in drq_batches:
+            rows.append((dev_name, "DrQ+BC 84x84x9", batch_size, drq_rate(device, batch_size, updates), None))
+
+    print()
+    print(
+        f"{'device':6} {'algorithm':16} {'batch':>5} {'updates/s':>10} {'images/s':>9} {'reference':>10} {'ratio':>6}"
+    )
+    for dev_name, label, batch_size, ours, ref in rows:
+        images = f"{ours * batch_size:9.0f}" if label.startswith("DrQ") else f"{'':9}"
+        ref_s, ratio = (f"{ref:10.1f}", f"{ours / ref:5.2f}x") if ref else (f"{'':10}", "")
+        print(f"{dev_name:6} {label:16} {batch_size:5d} {ours:10.1f} {images} {ref_s} {ratio:>6}")
+    print("reference = the authors' TD3_BC.py loop (numpy buffer, tensors built per batch, same networks)")
+    print("images/s = observations trained on per second (batch x updates/s; each also encodes its next obs)")
+
+    frame = 84 * 84 * 3
+    per_100k = 100_000 * frame
+    print()
+    print("DrQ+BC memory per 100K transitions (uint8 84x84x3):")
+    print(f"  single frames, stack of 3 rebuilt at sample time: {per_100k / 2**30:.2f} GiB ({frame} B per step)")
+    print(f"  a stored stack of 3 per transition:               {3 * per_100k / 2**30:.2f} GiB")
+    print(f"  stored stacks for obs and next_obs:               {6 * per_100k / 2**30:.2f} GiB")
+    vec = 100_000 * (ACTION_DIM + 1 + 1) * 4
+    print(f"  plus actions, rewards, discounts (float32):       {vec / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
