@@ -162,6 +162,86 @@ def _run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="train an offline policy on recorded sessions for a task chosen now",
+        description="Relabel the sessions' transitions for TASK, train ALGO with atomic checkpoints, "
+        "TensorBoard logs and periodic simulated evaluation. Re-running the same command (or --resume) "
+        "continues from the last checkpoint.",
+    )
+    train.add_argument("--data", nargs="+", required=True, help="session directories or data roots")
+    train.add_argument(
+        "--task", default="reach:0", help="reach:K, push, flip:COLOUR, push+flip:COLOUR (default reach:0)"
+    )
+    train.add_argument("--obs", default="proprio", choices=["proprio", "proprio+object", "image"])
+    train.add_argument("--algo", default="td3bc", help="td3bc (default), bcq, drqbc or bc")
+    train.add_argument("--steps", type=int, default=100_000, help="gradient updates in total (default 100000)")
+    train.add_argument("--out", help="run directory (default runs/<algo>_<task>_<obs>_<seed>)")
+    train.add_argument(
+        "--resume", nargs="?", const=True, default=None, help="continue from the run's checkpoint (or this one)"
+    )
+    train.add_argument("--eval-every", type=int, help="updates between evaluations (default 10000; 0: at the end)")
+    train.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default 5; 0: none)")
+    train.add_argument("--eval-steps", type=int, help="steps per evaluation episode (default episode_steps, <= 200)")
+    train.add_argument("--checkpoint-every", type=int, help="updates between checkpoints (default 5000)")
+    train.add_argument("--seed", type=int, help="seed (default 0)")
+    train.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda")
+    train.add_argument("--batch-size", type=int, help="batch size (default: the algorithm's)")
+    train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument("--camera", help="camera of image observations (default: the first recorded)")
+    train.add_argument("--upsample-alpha", type=float, help="share of batches from successful transitions")
+    train.add_argument(
+        "--algo-config", help="JSON overrides of the algorithm config, e.g. '{\"hidden_dims\": [64, 64]}'"
+    )
+    train.add_argument("--no-progress", action="store_true", help="no live progress line")
+    train.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from learning.trainer import main_train
+
+    return main_train(args)
+
+
+def _add_eval(subparsers: argparse._SubParsersAction) -> None:
+    ev = subparsers.add_parser("eval", help="score a training checkpoint in simulation")
+    ev.add_argument("--checkpoint", required=True, help="checkpoint.pt, or a run directory")
+    ev.add_argument("--episodes", type=int, default=10, help="episodes (default 10)")
+    ev.add_argument("--steps", type=int, help="steps per episode (default: the run's evaluation length)")
+    ev.add_argument("--video", help="write an mp4 of the first episode here")
+    ev.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
+    ev.add_argument("--backend", help="simulator (default: the one the data came from)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the start-pose perturbations (default 0)")
+    ev.add_argument("--algo", help="refuse a checkpoint of another algorithm")
+    ev.add_argument("--obs", help="refuse a checkpoint of another observation kind")
+    ev.add_argument("--json", help="also write the full result (per episode) to this JSON file")
+    ev.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from learning.trainer import main_eval
+
+    return main_eval(args)
+
+
+def _add_demo(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser(
+        "demo", help="collect in simulation, train TD3+BC and BC on reach:0, evaluate, print a table"
+    )
+    demo.add_argument("--config", default="configs/demo.yaml", help="collection config (default configs/demo.yaml)")
+    demo.add_argument("--out", default="out/demo", help="folder for the runs (default out/demo)")
+    demo.add_argument("--steps", type=int, default=None, help="updates per algorithm (default: the demo's)")
+    demo.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes (default: the demo's)")
+    demo.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from learning.demo import main_demo
+
+    return main_demo(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pandalab", description="Robot-lab data collection for the Franka Panda.")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ctl(subparsers)
     _add_data(subparsers)
     _add_sim(subparsers)
+    _add_train(subparsers)
+    _add_eval(subparsers)
+    _add_demo(subparsers)
     return parser
 
 

@@ -175,6 +175,10 @@ def _option_problems(data: dict[str, Any]) -> list[str]:
             cls.config_class(**parameters)
         except ValidationError as error:
             problems += _format_errors(error, "explorer.parameters.")
+        observation = explorer.get("observation", "proprio")
+        kind = "image" if observation == "image" else "vector"
+        if kind not in cls.observation_kinds:
+            problems.append(f"explorer.observation: explorer {name!r} cannot act on {observation!r} observations")
     return problems
 
 

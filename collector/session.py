@@ -124,6 +124,9 @@ class Collector:
         self.safe = SafeDriver(self.driver, config.safety, config.action_space, watchdog=watchdog)
         self.monitor = ViolationMonitor(config.safety)
         self.explorer = self._build_explorer()
+        self._explorer_camera_name = (
+            self._explorer_camera()["name"] if self.config.explorer.observation == "image" else None
+        )
 
     def _observation_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         limits = self.config.safety
@@ -137,7 +140,12 @@ class Collector:
     def _build_explorer(self) -> Explorer:
         low, high = self._observation_bounds()
         limit = self.safe.action_limit
-        spec = ExplorerSpec(low, high, limit, len(limit), self.episode_steps)
+        image_shape = None
+        if self.config.explorer.observation == "image":
+            camera = self._explorer_camera()
+            image_shape = (camera["height"], camera["width"], 3)
+        kind = "image" if image_shape else "vector"
+        spec = ExplorerSpec(low, high, limit, len(limit), self.episode_steps, kind, image_shape)
         settings = self.config.explorer
         explorer = make_explorer(settings.name, spec, settings.parameters, self.config.seed)
         checkpoint = self.store.session_dir / CHECKPOINT_PATH
@@ -147,8 +155,18 @@ class Collector:
             self.store.log_event("explorer_resumed", episodes_started=explorer.episodes_started)
         return explorer
 
+    def _explorer_camera(self) -> dict[str, Any]:
+        """The camera image explorers see: the first configured camera (sim default: front 84x84)."""
+        cameras = self.driver.config.cameras if hasattr(self.driver, "config") else ()
+        if not cameras:
+            raise ValueError("explorer.observation is image but the robot has no camera")
+        return cameras[0].model_dump()
+
     def observation(self, state: RobotState) -> np.ndarray:
-        """What the explorer sees: (q, dq), plus the cube pose in privileged experiments."""
+        """What the explorer sees: (q, dq), plus the cube pose in privileged experiments, or the
+        first camera's image."""
+        if self.config.explorer.observation == "image":
+            return state.images[self._explorer_camera_name]
         parts = [state.q, state.dq]
         if self.config.explorer.observation == "proprio+object":
             parts += [state.privileged["cube_pos"], state.privileged["cube_quat"]]

@@ -28,6 +28,10 @@ class ExplorerSpec:
         action_limit: symmetric bound of each action component (rad/s or m per step).
         action_dim: 7 (joint_velocity) or 3 (tip_delta).
         episode_steps: planned steps per episode.
+        observation_kind: ``"vector"`` (proprio, proprio+object: the bounds above apply) or
+            ``"image"`` (one camera, uint8 ``image_shape`` = (H, W, 3); the bounds are then those
+            of the proprioceptive part the collector still logs).
+        image_shape: (H, W, 3) of image observations, else None.
     """
 
     observation_low: np.ndarray
@@ -35,6 +39,8 @@ class ExplorerSpec:
     action_limit: np.ndarray
     action_dim: int
     episode_steps: int
+    observation_kind: str = "vector"
+    image_shape: tuple[int, int, int] | None = None
 
     @property
     def observation_dim(self) -> int:
@@ -57,8 +63,15 @@ class Explorer(abc.ABC):
     """A task-agnostic exploration policy."""
 
     config_class: type[ExplorerConfig] = ExplorerConfig
+    observation_kinds: tuple[str, ...] = ("vector",)
+    """Observation kinds this explorer can act on."""
 
     def __init__(self, spec: ExplorerSpec, config: ExplorerConfig, seed: int) -> None:
+        if spec.observation_kind not in self.observation_kinds:
+            raise ValueError(
+                f"explorer {type(self).__name__} acts on {' or '.join(self.observation_kinds)} observations, "
+                f"not {spec.observation_kind!r}"
+            )
         self.spec = spec
         self.config = config
         self.rng = np.random.default_rng(seed)

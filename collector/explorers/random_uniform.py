@@ -8,6 +8,8 @@ from collector.explorers.base import Explorer
 
 
 class UniformRandom(Explorer):
+    observation_kinds = ("vector", "image")  # it ignores what it sees
+
     def act(self, observation: np.ndarray) -> np.ndarray:
         limit = self.spec.action_limit
         return self.rng.uniform(-limit, limit)
