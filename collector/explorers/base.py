@@ -106,6 +106,9 @@ EXPLORERS: dict[str, str] = {
     "random": "collector.explorers.random_uniform:UniformRandom",
     "random_linear": "collector.explorers.random_linear:RandomLinear",
     "gep": "collector.explorers.gep:GoalExplorationProcess",
+    "rnd": "collector.explorers.rnd:RNDExplorer",
+    "gcrnd": "collector.explorers.gcrnd:GoalConditionedRND",
+    "sse": "collector.explorers.sse:SelfSupervisedExploration",
 }
 """Explorer name -> ``module:ClassName``."""
 
