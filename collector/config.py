@@ -45,7 +45,10 @@ class RobotConfig(_Strict):
 
 
 class ExplorerSettings(_Strict):
-    name: str = Field("random_linear", description="Explorer: random, random_linear (default, seed 001), gep.")
+    name: str = Field(
+        "random_linear",
+        description="Explorer: random, random_linear (default, seed 001), gep, rnd, gcrnd (seed 003), sse (seed 001).",
+    )
     observation: Literal["proprio", "proprio+object", "image"] = Field(
         "proprio",
         description="What the explorer sees: proprio (q, dq: 14 values); proprio+object adds the cube pose "

@@ -15,9 +15,16 @@ Parts
 - `DeterministicActor`: (optional trunk) -> MLP -> tanh, actions in [-1, 1].
 - `TwinQ`: two Q heads on one (optional) shared trunk; returns Q1, Q2 of shape (B,).
 - `Normalizer`: fixed observation mean/std held as buffers (saved with the networks).
+- `ConvEncoder`: a plain conv stack, by default the Nature-DQN one (Mnih et al. 2015: 32 8x8/4,
+  64 4x4/2, 64 3x3/1), which seed 003 used for its TD3 agent ("DQN + Dense", appendix Table I)
+  and, with leaky ReLUs, the RND paper (Burda et al. 2018) for its target and predictor.
 - `soft_update`: Polyak averaging of target networks in one fused call; `frozen`: a context in
   which a module's parameters get no gradient (an actor loss differentiates through the critic
   without computing the critic's weight gradients, which the original code computes and discards).
+- TD3 maths (Fujimoto et al. 2018), shared by the offline TD3+BC and the collector's learned
+  explorers (`rnd`, `gcrnd`): `td3_target` (target policy smoothing + clipped double-Q),
+  `td3_critic_loss`, `td3_policy_q` (the actor's Q1(s, pi(s)) through a frozen critic) and
+  `td3_actor_due` (the delayed actor / target update schedule).
 
 Randomness: every random draw takes an explicit `torch.Generator` (or the global one when None),
 so an algorithm that stores its generator resumes exactly.
@@ -29,9 +36,12 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "DQN_CONV_LAYERS",
+    "ConvEncoder",
     "DeterministicActor",
     "DrQEncoder",
     "Normalizer",
@@ -43,6 +53,10 @@ __all__ = [
     "random_shift",
     "soft_update",
     "straight_through_clamp",
+    "td3_actor_due",
+    "td3_critic_loss",
+    "td3_policy_q",
+    "td3_target",
     "trunk",
 ]
 
@@ -116,6 +130,44 @@ class DrQEncoder(nn.Module):
         x = obs.float() / 255.0 - 0.5
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        h = self.convnet(x)
+        return h.reshape(h.shape[0], -1)
+
+
+DQN_CONV_LAYERS: tuple[tuple[int, int, int], ...] = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
+"""(channels, kernel, stride) of the Nature-DQN conv stack (Mnih et al. 2015)."""
+
+
+class ConvEncoder(nn.Module):
+    """A conv stack without padding, ``layers`` = ((channels, kernel, stride), ...), each followed by
+    ``activation``; flattened output of size ``repr_dim``.  Input (B, C, H, W): uint8 frames are
+    scaled to [-0.5, 0.5] (as `DrQEncoder`) when ``uint8_input``, else taken as floats (RND feeds
+    whitened observations).  Too small an image for the stack is refused with its size named."""
+
+    def __init__(
+        self,
+        obs_shape: Sequence[int],
+        layers: Sequence[Sequence[int]] = DQN_CONV_LAYERS,
+        activation: type[nn.Module] = nn.ReLU,
+        uint8_input: bool = True,
+    ) -> None:
+        super().__init__()
+        if len(obs_shape) != 3:
+            raise ValueError(f"ConvEncoder takes (C, H, W) images, got shape {tuple(obs_shape)}")
+        c, h, w = (int(v) for v in obs_shape)
+        modules: list[nn.Module] = []
+        for channels, kernel, stride in layers:
+            h, w = (h - kernel) // stride + 1, (w - kernel) // stride + 1
+            if h < 1 or w < 1:
+                raise ValueError(f"image {tuple(obs_shape)[1:]} too small for conv layers {[tuple(x) for x in layers]}")
+            modules += [nn.Conv2d(c, channels, kernel, stride=stride), activation()]
+            c = channels
+        self.convnet = nn.Sequential(*modules)
+        self.repr_dim = c * h * w
+        self.uint8_input = uint8_input
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.float() / 255.0 - 0.5 if self.uint8_input else obs
         h = self.convnet(x)
         return h.reshape(h.shape[0], -1)
 
@@ -223,3 +275,47 @@ def straight_through_clamp(x: torch.Tensor, low: float = -1.0, high: float = 1.0
 def gaussian_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Mean over elements of KL(N(mean, std) || N(0, 1)) as BCQ's code writes it."""
     return -0.5 * (1 + torch.log(std.pow(2)) - mean.pow(2) - std.pow(2)).mean()
+
+
+# ---- TD3 (Fujimoto et al. 2018), shared by learning/algorithms/td3bc.py and collector/explorers/rnd.py
+
+
+@torch.no_grad()
+def td3_target(
+    actor_target: nn.Module,
+    critic_target: nn.Module,
+    next_obs: torch.Tensor,
+    reward: torch.Tensor,
+    discount: torch.Tensor,
+    policy_noise: float,
+    noise_clip: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """TD3's critic target: r + discount * min(Q1', Q2')(s', a'), a' = clip(pi'(s') + clip(eps,
+    -noise_clip, noise_clip), -1, 1), eps ~ N(0, policy_noise^2) (target policy smoothing with
+    actions in [-1, 1]; clipped double-Q).  ``discount`` is gamma (times 1 - done)."""
+    next_action = actor_target(next_obs)
+    noise = torch.randn(next_action.shape, device=next_action.device, generator=generator) * policy_noise
+    next_action = (next_action + noise.clamp(-noise_clip, noise_clip)).clamp(-1.0, 1.0)
+    target_q = torch.min(*critic_target(next_obs, next_action))
+    return reward + discount * target_q
+
+
+def td3_critic_loss(q: tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Sum of both critics' mean squared errors to the (detached) target."""
+    return F.mse_loss(q[0], target) + F.mse_loss(q[1], target)
+
+
+def td3_policy_q(actor: nn.Module, critic: nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """pi(s) and Q1(s, pi(s)), differentiable in the actor only (the critic is `frozen`); TD3's
+    actor loss is ``-q.mean()`` (TD3+BC adds its BC term).  ``critic`` must have a ``q1`` method."""
+    pi = actor(obs)
+    with frozen(critic):
+        q = critic.q1(obs, pi)
+    return pi, q
+
+
+def td3_actor_due(critic_updates: int, policy_freq: int) -> bool:
+    """TD3's delayed update: the actor and the targets move once every ``policy_freq`` critic
+    updates (``critic_updates`` counts the update just done, from 1)."""
+    return critic_updates % policy_freq == 0

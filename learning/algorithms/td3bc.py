@@ -4,7 +4,9 @@ eq. 2): TD3 whose actor loss adds a behaviour-cloning term,
 
 Same computation as the authors' TD3_BC.py, made faster: data stays on the device, the critic's
 weight gradients are not computed for the actor loss (the original computes and discards them),
-Adam is the fused kernel and the target update one fused lerp.
+Adam is the fused kernel and the target update one fused lerp.  The TD3 maths (target policy
+smoothing, clipped double-Q target, critic loss, delayed actor update) are `learning.nets`'
+`td3_*` functions, shared with the collector's learned explorers.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from learning.algorithms.base import Algorithm, AlgorithmConfig, ObservationSpec
-from learning.nets import DeterministicActor, Normalizer, TwinQ, frozen, soft_update
+from learning.nets import (
+    DeterministicActor,
+    Normalizer,
+    TwinQ,
+    soft_update,
+    td3_actor_due,
+    td3_critic_loss,
+    td3_policy_q,
+    td3_target,
+)
 
 
 class TD3BCConfig(AlgorithmConfig):
@@ -58,21 +69,24 @@ class TD3BC(Algorithm):
         self.updates += 1
         obs, next_obs = self.normalizer(batch["obs"]), self.normalizer(batch["next_obs"])
         action = batch["action"]
-        with torch.no_grad():
-            noise = torch.randn(action.shape, device=self.device, generator=self.generator) * c.policy_noise
-            next_action = (self.actor_target(next_obs) + noise.clamp(-c.noise_clip, c.noise_clip)).clamp(-1.0, 1.0)
-            target_q = torch.min(*self.critic_target(next_obs, next_action))
-            target_q = batch["reward"] + batch["discount"] * target_q
+        target_q = td3_target(
+            self.actor_target,
+            self.critic_target,
+            next_obs,
+            batch["reward"],
+            batch["discount"],
+            c.policy_noise,
+            c.noise_clip,
+            self.generator,
+        )
         q1, q2 = self.critic(obs, action)
-        critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+        critic_loss = td3_critic_loss((q1, q2), target_q)
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_opt.step()
 
-        if self.updates % c.policy_freq == 0:
-            pi = self.actor(obs)
-            with frozen(self.critic):
-                q = self.critic.q1(obs, pi)
+        if td3_actor_due(self.updates, c.policy_freq):
+            pi, q = td3_policy_q(self.actor, self.critic, obs)
             lmbda = c.alpha / q.abs().mean().detach()
             bc_loss = F.mse_loss(pi, action)
             actor_loss = -lmbda * q.mean() + bc_loss
