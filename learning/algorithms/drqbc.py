@@ -28,7 +28,16 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from learning.algorithms.base import Algorithm, AlgorithmConfig, ObservationSpec
-from learning.nets import DeterministicActor, DrQEncoder, TwinQ, frozen, orthogonal_init, random_shift, soft_update
+from learning.nets import (
+    DeterministicActor,
+    DrQEncoder,
+    TwinQ,
+    frozen,
+    orthogonal_init,
+    random_shift,
+    soft_update,
+    td3_critic_loss,
+)
 from learning.nets import straight_through_clamp as clamp_st
 
 
@@ -90,7 +99,7 @@ class DrQBC(Algorithm):
             next_action = self._noisy(self.actor(h_next), std)
             target_q = batch["reward"] + batch["discount"] * torch.min(*self.critic_target(h_next, next_action))
         q1, q2 = self.critic(h, action)
-        critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+        critic_loss = td3_critic_loss((q1, q2), target_q)
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_opt.step()
