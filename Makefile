@@ -48,8 +48,9 @@ format: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
+# Collect in simulation with the real daemon, train TD3+BC and BC on reach:0, evaluate, print the table.
 demo: $(STAMP)
-	$(BIN)/pandalab sim check --out out/sim_check
+	$(BIN)/pandalab demo --config configs/demo.yaml --out out/demo
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sim_throughput.py

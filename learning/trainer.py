@@ -1,0 +1,745 @@
+"""The overnight trainer: `pandalab train --data DIR... --task reach:0 --obs proprio --algo td3bc`.
+
+One run lives in one directory (``--out``, default ``runs/<algo>_<task>_<obs>_<seed>``)::
+
+    config.json       the TrainConfig (what `pandalab eval` rebuilds the policy and robot from)
+    checkpoint.pt     the latest checkpoint, replaced atomically (temp file, fsync, rename)
+    metrics.csv       step, tag, value: the same scalars as TensorBoard
+    tb/               TensorBoard event files (``tensorboard --logdir runs``)
+    report.json       written at the end: dataset, behaviour score, last and best evaluations
+
+Checkpoints (every ``checkpoint_every`` updates and at the end) hold the algorithm's state
+(networks, target networks, optimisers, counters, the normalisation statistics of its
+`ObservationSpec`), the step counter, every RNG state (torch, CUDA, numpy, python, the dataset
+sampler's generator) and the evaluation history. Re-running the same command, or ``--resume``,
+continues from the checkpoint: a killed run loses at most ``checkpoint_every`` updates, and on CPU
+the resumed run's parameters equal an uninterrupted run's (same seed, same thread count).
+A checkpoint of another algorithm, observation kind, task, data or hyper-parameters is refused.
+
+Evaluation (every ``eval_every`` updates and at the end) runs the policy in simulation on the
+robot the data came from (`learning.evaluate`), with the torch RNG forked so that it never changes
+the training stream. "Last" is the final evaluation; "best" the evaluation with the highest success
+rate, then the smallest mean closest distance, then the highest return.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from collector.store import atomic_write_bytes, atomic_write_text
+
+CHECKPOINT_FORMAT = "pandalab-train-checkpoint"
+CHECKPOINT_VERSION = 1
+IDENTITY_FIELDS = (
+    "algo",
+    "obs",
+    "task",
+    "data",
+    "algo_config",
+    "batch_size",
+    "n_step",
+    "gamma",
+    "seed",
+    "camera",
+    "frame_stack",
+    "upsample_alpha",
+    "terminal_on_success",
+)
+"""Fields a resumed run must share with its checkpoint (anything else, e.g. ``steps``, may change)."""
+DEFAULT_N_STEP = {"drqbc": 3}
+"""n-step returns when neither the config nor the algorithm's config says (DrQ+BC: 3; others 1)."""
+EVAL_STEPS_CAP = 200
+"""Default evaluation length: the session's episode_steps, at most this (seed 003's 200 steps;
+001's 1000-step episodes would make every evaluation five times slower for little information)."""
+
+
+class TrainError(ValueError):
+    """A run that cannot start or continue (the message says why)."""
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a training run (saved as config.json in the run directory)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: list[str] = Field(..., min_length=1, description="Session directories or data roots holding them.")
+    task: str = Field("reach:0", description="Task to relabel the data for and evaluate (sim.tasks.make_task).")
+    obs: Literal["proprio", "proprio+object", "image"] = Field(
+        "proprio", description="Observation: proprio (q, dq), proprio+object (+ cube pose, sim), image."
+    )
+    algo: str = Field("td3bc", description="Algorithm: td3bc, bcq, drqbc or bc.")
+    algo_config: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the algorithm's config fields (e.g. hidden sizes)."
+    )
+    steps: int = Field(100_000, gt=0, description="Gradient updates in total (a resumed run continues to this).")
+    batch_size: int | None = Field(
+        None, gt=0, description="Batch size; default the algorithm config's batch_size (TD3+BC 256, BCQ 100)."
+    )
+    n_step: int | None = Field(
+        None, gt=0, description="n-step returns; default the algorithm config's n_step, else 3 for drqbc, 1 otherwise."
+    )
+    gamma: float | None = Field(
+        None, gt=0, le=1, description="Discount of the n-step returns; default the algorithm config's, else 0.99."
+    )
+    seed: int = Field(0, ge=0, description="Seed of torch, numpy, python and the sampler.")
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+    threads: int | None = Field(
+        None,
+        gt=0,
+        description="torch CPU threads; default 1 for vector observations (small MLPs gain nothing from more, "
+        "and lose badly when the cores are shared) and torch's default for images. Results on CPU are "
+        "reproducible for a fixed count.",
+    )
+    deterministic: bool = Field(True, description="torch.use_deterministic_algorithms on CPU.")
+    out: str | None = Field(None, description="Run directory; default runs/<algo>_<task>_<obs>_<seed>.")
+    checkpoint_every: int = Field(5000, gt=0, description="Updates between checkpoints (the most a kill loses).")
+    eval_every: int = Field(10_000, ge=0, description="Updates between evaluations; 0: only at the end.")
+    eval_episodes: int = Field(5, ge=0, description="Episodes per evaluation; 0 disables evaluation.")
+    eval_steps: int | None = Field(
+        None,
+        gt=0,
+        description=f"Steps per evaluation episode; default the session's episode_steps, at most {EVAL_STEPS_CAP}.",
+    )
+    eval_backend: str | None = Field(
+        None, description="Simulator to evaluate in; default the data's backend (robosuite for hardware data)."
+    )
+    eval_home_noise_rad: float = Field(
+        0.05, ge=0, description="Uniform perturbation of the home pose per joint at each evaluation episode, rad."
+    )
+    camera: str | None = Field(None, description="Camera of image observations; default the session's first.")
+    frame_stack: int = Field(3, gt=0, description="Frames per image observation (DrQ: 3).")
+    image_cache: Literal["auto", "memory", "memmap"] = Field(
+        "auto", description="Keep frames in memory, in a memory-mapped cache, or choose by size."
+    )
+    cache_dir: str | None = Field(
+        None, description="Where the memory-mapped frame cache goes; default <data root>/.pandalab-cache."
+    )
+    upsample_alpha: float = Field(
+        0.0, ge=0, lt=1, description="Share of each batch drawn from successful transitions (seed 002 sec. 4.2)."
+    )
+    terminal_on_success: bool = Field(False, description="Treat task success as terminal (default: no terminals).")
+    log_every: int = Field(100, gt=0, description="Updates between logged scalars (means over the window).")
+    progress: bool = Field(True, description="Show the live progress line.")
+
+    def run_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        slug = "_".join(re.sub(r"[^A-Za-z0-9.-]+", "-", s) for s in (self.algo, self.task, self.obs, str(self.seed)))
+        return Path("runs") / slug
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def _identity(config: TrainConfig) -> dict[str, Any]:
+    d = config.model_dump(mode="json")
+    ident = {k: d[k] for k in IDENTITY_FIELDS}
+    ident["data"] = [str(Path(p).resolve()) for p in d["data"]]
+    return ident
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint file (or the checkpoint.pt of a run directory); `TrainError` if it is not one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise TrainError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:
+        raise TrainError(f"{path} is not a readable checkpoint: {error}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise TrainError(f"{path} is not a pandalab training checkpoint")
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+def check_checkpoint_matches(ckpt: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse a checkpoint of another algorithm, observation, task, data or hyper-parameters."""
+    saved = ckpt["identity"]
+    ours = _identity(config)
+    for key in IDENTITY_FIELDS:
+        if saved.get(key) != ours.get(key):
+            raise TrainError(
+                f"checkpoint {ckpt['path']} was trained with {key}={saved.get(key)!r}, not {ours.get(key)!r}: "
+                "it cannot continue this run (choose another --out, or the same settings)"
+            )
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}  # noqa: NPY002
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002 (the global stream other code may draw from)
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def build_algorithm(name: str, algo_config: dict[str, Any], obs_spec, action_dim: int, device):
+    from learning.algorithms import ALGORITHMS, make_algorithm
+
+    if name not in ALGORITHMS:
+        raise TrainError(f"unknown algorithm {name!r}; known: {', '.join(sorted(ALGORITHMS))}")
+    try:
+        return make_algorithm(name, dict(algo_config), obs_spec, action_dim, device)
+    except (ValidationError, ValueError) as error:
+        raise TrainError(f"algo_config for {name}: {error}") from None
+
+
+def _algo_default(name: str, field: str, algo_config: dict[str, Any]):
+    """A field of the algorithm's config (with overrides applied), or None if it has none."""
+    from learning.algorithms import ALGORITHMS
+
+    cls = ALGORITHMS[name]
+    if field in algo_config:
+        return algo_config[field]
+    config_class = getattr(cls, "config_class", None)
+    if config_class is not None and field in config_class.model_fields:
+        return config_class.model_fields[field].default
+    return None
+
+
+class _Progress:
+    """A rich progress line with updates/s and ETA on a terminal; a plain line every 10 s otherwise."""
+
+    def __init__(self, enabled: bool, total: int, start: int) -> None:
+        self.enabled, self.total, self.start = enabled, total, start
+        self.t0 = time.monotonic()
+        self.last_print = self.t0
+        self.rich = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.rich = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:.0f} upd/s"),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self.task = self.rich.add_task("train", total=total, completed=start, rate=0.0, info="")
+            self.rich.start()
+
+    def update(self, step: int, info: str) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        rate = (step - self.start) / max(now - self.t0, 1e-9)
+        if self.rich is not None:
+            self.rich.update(self.task, completed=step, rate=rate, info=info)
+        elif now - self.last_print >= 10.0:
+            eta = (self.total - step) / rate if rate > 0 else float("nan")
+            print(
+                f"step {step}/{self.total} | {rate:.0f} upd/s | ETA {eta:.0f} s | {info}", file=sys.stderr, flush=True
+            )
+            self.last_print = now
+
+    def close(self) -> None:
+        if self.rich is not None:
+            self.rich.stop()
+
+
+def _better(a: dict[str, Any], b: dict[str, Any] | None) -> bool:
+    """Is evaluation a better than b (success rate, then closest distance, then return)?"""
+    if b is None:
+        return True
+    key = lambda e: (e["success_rate"], -e.get("closest_distance_mean_m", 0.0), e["return_mean"])  # noqa: E731
+    return key(a) > key(b)
+
+
+# ---------------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """Builds the dataset, the algorithm and (if evaluating) the environment of a `TrainConfig`."""
+
+    def __init__(self, config: TrainConfig, resume: bool | str | Path | None = None) -> None:
+        from learning.dataset import DatasetError, OfflineDataset
+
+        self.config = config
+        self.run_dir = config.run_dir()
+        self.device = resolve_device(config.device)
+        self._ensure_algorithm_known()
+        self.start_ckpt = self._find_resume(resume)  # refuses a mismatched checkpoint before loading any data
+        if self.device.type == "cpu" and (config.threads or config.obs != "image"):
+            torch.set_num_threads(config.threads or 1)
+        if config.deterministic and self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self._seed_everything(config.seed)
+        n_step = config.n_step or _algo_default(config.algo, "n_step", config.algo_config)
+        n_step = n_step or DEFAULT_N_STEP.get(config.algo, 1)
+        gamma = config.gamma or _algo_default(config.algo, "gamma", config.algo_config) or 0.99
+        self.batch_size = config.batch_size or _algo_default(config.algo, "batch_size", config.algo_config) or 256
+        try:
+            self.dataset = OfflineDataset(
+                config.data,
+                config.task,
+                config.obs,
+                n_step=int(n_step),
+                gamma=float(gamma),
+                camera=config.camera,
+                frame_stack=config.frame_stack,
+                upsample_alpha=config.upsample_alpha,
+                terminal_on_success=config.terminal_on_success,
+                device=self.device,
+                image_cache=config.image_cache,
+                cache_dir=config.cache_dir,
+                seed=config.seed,
+            )
+        except DatasetError:
+            raise
+        algo_config = dict(config.algo_config)
+        self.algo = build_algorithm(config.algo, algo_config, self.dataset.obs_spec, 7, self.device)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.eval_steps = config.eval_steps or min(self.dataset.env_spec["episode_steps"], EVAL_STEPS_CAP)
+        self._env = None
+        self.train_seconds = 0.0
+
+    # -- setup
+
+    def _ensure_algorithm_known(self) -> None:
+        from learning.algorithms import ALGORITHMS
+
+        if self.config.algo not in ALGORITHMS:
+            raise TrainError(f"unknown algorithm {self.config.algo!r}; known: {', '.join(sorted(ALGORITHMS))}")
+
+    def _find_resume(self, resume: bool | str | Path | None) -> dict[str, Any] | None:
+        own = self.run_dir / "checkpoint.pt"
+        if resume not in (None, False, True):
+            ckpt = load_checkpoint(resume)
+        elif own.is_file():
+            ckpt = load_checkpoint(own)  # re-running the same command continues the run
+        elif resume is True:
+            raise TrainError(f"--resume: no checkpoint in {self.run_dir}")
+        else:
+            return None
+        check_checkpoint_matches(ckpt, self.config)
+        return ckpt
+
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)  # noqa: NPY002
+        torch.manual_seed(seed)
+
+    # -- checkpoints
+
+    def checkpoint_dict(self) -> dict[str, Any]:
+        spec = self.dataset.obs_spec
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "identity": _identity(self.config),
+            "config": self.config.model_dump(mode="json"),
+            "algo": self.config.algo,
+            "algo_config": self.algo.config.model_dump(mode="json"),
+            "obs": self.config.obs,
+            "task": self.config.task,
+            "obs_spec": {"kind": spec.kind, "shape": list(spec.shape), "mean": spec.mean, "std": spec.std},
+            "action_dim": self.algo.action_dim,
+            "action_limit": self.dataset.action_limit,
+            "camera": self.dataset.camera,
+            "frame_stack": self.dataset.frame_stack,
+            "env_spec": self.dataset.env_spec,
+            "eval_steps": self.eval_steps,
+            "step": self.step,
+            "algorithm": self.algo.state_dict(),
+            "rng": _rng_state(),
+            "sampler": self.dataset.sampler_state(),
+            "history": self.history,
+            "best": self.best,
+            "train_seconds": self.train_seconds,
+        }
+
+    def save_checkpoint(self) -> Path:
+        buffer = io.BytesIO()
+        torch.save(self.checkpoint_dict(), buffer)
+        return atomic_write_bytes(self.run_dir / "checkpoint.pt", buffer.getvalue())
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.algo.load_state_dict(ckpt["algorithm"])
+        self.step = int(ckpt["step"])
+        _set_rng_state(ckpt["rng"])
+        self.dataset.load_sampler_state(ckpt["sampler"])
+        self.history = list(ckpt.get("history", []))
+        self.best = ckpt.get("best")
+        self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+
+    # -- evaluation
+
+    def env(self):
+        if self._env is None:
+            from learning.evaluate import make_env
+
+            self._env = make_env(
+                self.dataset.env_spec,
+                self.dataset.task,
+                self.eval_steps,
+                backend=self.config.eval_backend,
+                seed=self.config.seed,
+            )
+        return self._env
+
+    def evaluate(self) -> dict[str, Any]:
+        from learning.evaluate import Policy, evaluate
+
+        policy = Policy(
+            self.algo, self.config.obs, self.dataset.action_limit, self.dataset.camera, self.dataset.frame_stack
+        )
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            result = evaluate(
+                self.env(),
+                policy,
+                self.dataset.env_spec,
+                self.config.eval_episodes,
+                home_noise_rad=self.config.eval_home_noise_rad,
+                seed=self.config.seed,
+            )
+        result = {"step": self.step, **{k: v for k, v in result.items() if k != "per_episode"}}
+        self.history.append(result)
+        if _better(result, self.best):
+            self.best = result
+        return result
+
+    # -- the loop
+
+    def run(self) -> dict[str, Any]:
+        from torch.utils.tensorboard import SummaryWriter
+
+        config = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.start_ckpt is not None:
+            self._restore(self.start_ckpt)
+            print(f"resuming {self.run_dir} from step {self.step} ({self.start_ckpt['path']})", file=sys.stderr)
+        else:
+            atomic_write_text(self.run_dir / "config.json", json.dumps(config.model_dump(mode="json"), indent=2))
+        self._trim_csv(self.step)
+        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step if self.step else None)
+        csv_file = open(self.run_dir / "metrics.csv", "a", newline="")
+        csv_writer = csv.writer(csv_file)
+        if csv_file.tell() == 0:
+            csv_writer.writerow(["step", "tag", "value"])
+
+        def log(tag: str, value: float) -> None:
+            writer.add_scalar(tag, value, self.step)
+            csv_writer.writerow([self.step, tag, f"{value:.9g}"])
+
+        progress = _Progress(config.progress, config.steps, self.step)
+        sums: dict[str, float] = {}
+        count, window_start = 0, time.monotonic()
+        eval_on = config.eval_episodes > 0
+        started = loop_started = time.monotonic()
+        start_step = self.step
+        try:
+            while self.step < config.steps:
+                losses = self.algo.update(self.dataset.sample(self.batch_size))
+                self.step += 1
+                count += 1
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                if self.step % config.log_every == 0 or self.step == config.steps:
+                    now = time.monotonic()
+                    for k, v in sums.items():
+                        log(f"train/{k}", v / count)
+                    log("train/updates_per_s", count / max(now - window_start, 1e-9))
+                    info = " ".join(f"{k} {v / count:.3g}" for k, v in list(sums.items())[:3])
+                    sums, count, window_start = {}, 0, now
+                    progress.update(self.step, info)
+                if eval_on and (
+                    (config.eval_every and self.step % config.eval_every == 0) or self.step == config.steps
+                ):
+                    result = self.evaluate()
+                    for k in ("success_rate", "return_mean", "closest_distance_mean_m", "final_distance_mean_m"):
+                        if k in result:
+                            log(f"eval/{k}", result[k])
+                if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                    self.train_seconds += time.monotonic() - started
+                    started = time.monotonic()
+                    csv_file.flush()
+                    writer.flush()
+                    self.save_checkpoint()
+        finally:
+            progress.close()
+            writer.close()
+            csv_file.close()
+            if self._env is not None:
+                self._env.close()
+                self._env = None
+        done = self.step - start_step
+        report = self.report(updates_this_session=done, seconds_this_session=time.monotonic() - loop_started)
+        atomic_write_text(self.run_dir / "report.json", json.dumps(report, indent=2))
+        return report
+
+    def _trim_csv(self, step: int) -> None:
+        """Drop CSV rows logged after the checkpoint we continue from (the updates a kill lost)."""
+        path = self.run_dir / "metrics.csv"
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = [r for r in rows[1:] if len(r) == 3 and r[0].isdigit() and int(r[0]) <= step]
+        if len(kept) != len(rows) - 1:
+            text = io.StringIO()
+            csv.writer(text).writerows([["step", "tag", "value"], *kept])
+            atomic_write_text(path, text.getvalue())
+
+    def report(self, updates_this_session: int = 0, seconds_this_session: float = 0.0) -> dict[str, Any]:
+        last = self.history[-1] if self.history else None
+        return {
+            "run_dir": str(self.run_dir),
+            "algo": self.config.algo,
+            "task": self.config.task,
+            "obs": self.config.obs,
+            "seed": self.config.seed,
+            "device": str(self.device),
+            "steps": self.step,
+            "batch_size": self.batch_size,
+            "dataset": self.dataset.summary(),
+            "behaviour": self.dataset.behaviour_summary(),
+            "eval": {
+                "backend": self.config.eval_backend or self.dataset.env_spec["backend"],
+                "episodes": self.config.eval_episodes,
+                "episode_steps": self.eval_steps,
+                "home_noise_rad": self.config.eval_home_noise_rad,
+            },
+            "last": last,
+            "best": self.best,
+            "history": self.history,
+            "train_seconds": self.train_seconds,
+            "updates_per_s": updates_this_session / seconds_this_session if seconds_this_session > 0 else None,
+            "checkpoint": str(self.run_dir / "checkpoint.pt"),
+            "tensorboard": str(self.run_dir / "tb"),
+            "metrics_csv": str(self.run_dir / "metrics.csv"),
+        }
+
+
+def train(config: TrainConfig, resume: bool | str | Path | None = None) -> dict[str, Any]:
+    """Train (or continue) the run of ``config``; returns the report (also in report.json)."""
+    return Trainer(config, resume).run()
+
+
+# ---------------------------------------------------------------------------------- summaries
+
+
+def _fmt(value: Any, unit: str = "", digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def summary_text(report: dict[str, Any]) -> str:
+    """A one-screen summary of a report."""
+    b = report["behaviour"]
+    ds = report["dataset"]
+    lines = [
+        f"run        {report['run_dir']}  ({report['algo']}, {report['task']}, obs {report['obs']}, "
+        f"seed {report['seed']})",
+        f"data       {ds['episodes']} episodes, {ds['transitions']} transitions from {len(ds['sessions'])} session(s); "
+        f"outcomes {ds['outcomes']}",
+        f"training   {report['steps']} updates on {report['device']}, batch {report['batch_size']}, "
+        f"{_fmt(report['train_seconds'], ' s', 1)}"
+        + (f", {report['updates_per_s']:.0f} upd/s" if report.get("updates_per_s") else ""),
+        f"evaluation {report['eval']['episodes']} episodes x {report['eval']['episode_steps']} steps in "
+        f"{report['eval']['backend']} (home noise {report['eval']['home_noise_rad']} rad)",
+    ]
+    header = f"{'':12}{'success':>9}{'return':>10}{'closest m':>11}{'final m':>9}"
+    lines.append(header)
+    for name, e in (("last", report["last"]), ("best", report["best"])):
+        if e is None:
+            continue
+        lines.append(
+            f"{name + ' @' + str(e['step']):12}{_fmt(e['success_rate'], '', 2):>9}{_fmt(e['return_mean'], '', 1):>10}"
+            f"{_fmt(e.get('closest_distance_mean_m')):>11}{_fmt(e.get('final_distance_mean_m')):>9}"
+        )
+    if "closest_distance_m" in b:
+        lines.append(
+            f"{'behaviour':12}{_fmt(b['success_rate'], '', 2):>9}{_fmt(b['episode_return_mean'], '', 1):>10}"
+            f"{_fmt(b['episode_closest_distance_mean_m']):>11}{_fmt(b['final_distance_mean_m']):>9}"
+            f"   (closest over the whole dataset {b['closest_distance_m']:.3f} m)"
+        )
+    lines.append(f"files      {report['checkpoint']}  {report['tensorboard']}  {report['metrics_csv']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- CLI glue
+
+
+def config_from_args(args) -> TrainConfig:
+    fields = {
+        "data": args.data,
+        "task": args.task,
+        "obs": args.obs,
+        "algo": args.algo,
+        "steps": args.steps,
+        "seed": args.seed,
+        "device": args.device,
+        "out": args.out,
+        "checkpoint_every": args.checkpoint_every,
+        "eval_every": args.eval_every,
+        "eval_episodes": args.eval_episodes,
+        "eval_steps": args.eval_steps,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "upsample_alpha": args.upsample_alpha,
+        "camera": args.camera,
+        "progress": not args.no_progress,
+    }
+    if args.algo_config:
+        fields["algo_config"] = json.loads(args.algo_config)
+    return TrainConfig(**{k: v for k, v in fields.items() if v is not None})
+
+
+def main_train(args) -> int:
+    """`pandalab train`: exit 2 with a clear message on bad data, config or checkpoint."""
+    from learning.dataset import DatasetError
+    from learning.relabel import PrivilegedStateMissing
+
+    try:
+        config = config_from_args(args)
+        report = train(config, resume=args.resume)
+    except (TrainError, DatasetError, PrivilegedStateMissing, ValidationError, json.JSONDecodeError) as error:
+        print(f"pandalab train: {error}", file=sys.stderr)
+        return 2
+    print(summary_text(report))
+    return 0
+
+
+def main_eval(args) -> int:
+    """`pandalab eval --checkpoint PATH`: score a checkpoint; exit 2 on a bad or mismatched one."""
+    from learning.dataset import DatasetError
+
+    try:
+        result = evaluate_checkpoint(
+            args.checkpoint,
+            episodes=args.episodes,
+            steps=args.steps,
+            video=args.video,
+            device=args.device,
+            expect_algo=args.algo,
+            expect_obs=args.obs,
+            backend=args.backend,
+            seed=args.seed,
+        )
+    except (TrainError, DatasetError) as error:
+        print(f"pandalab eval: {error}", file=sys.stderr)
+        return 2
+    shown = {k: v for k, v in result.items() if k != "per_episode"}
+    print(json.dumps(shown, indent=2))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2))
+    return 0
+
+
+def policy_from_checkpoint(ckpt: dict[str, Any], device: torch.device):
+    from learning.algorithms.base import ObservationSpec
+    from learning.evaluate import Policy
+
+    spec = ckpt["obs_spec"]
+    obs_spec = ObservationSpec(spec["kind"], tuple(spec["shape"]), spec["mean"], spec["std"])
+    algo = build_algorithm(ckpt["algo"], ckpt["algo_config"], obs_spec, ckpt["action_dim"], device)
+    algo.load_state_dict(ckpt["algorithm"])
+    return Policy(algo, ckpt["obs"], np.asarray(ckpt["action_limit"]), ckpt["camera"], ckpt["frame_stack"])
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    *,
+    episodes: int = 10,
+    steps: int | None = None,
+    video: str | Path | None = None,
+    device: str = "cpu",
+    expect_algo: str | None = None,
+    expect_obs: str | None = None,
+    backend: str | None = None,
+    seed: int = 0,
+    home_noise_rad: float | None = None,
+) -> dict[str, Any]:
+    """Score a checkpoint on the robot its data came from (the env spec saved in the checkpoint)."""
+    from learning.evaluate import VIDEO_CAMERA, evaluate, make_env
+
+    ckpt = load_checkpoint(path)
+    for what, want, have in (("algorithm", expect_algo, ckpt["algo"]), ("observation kind", expect_obs, ckpt["obs"])):
+        if want is not None and want != have:
+            raise TrainError(f"checkpoint {ckpt['path']} is a {have} {what} checkpoint, not {want}")
+    dev = resolve_device(device)
+    policy = policy_from_checkpoint(ckpt, dev)
+    env_spec = ckpt["env_spec"]
+    config = ckpt["config"]
+    extra, video_camera = (), None
+    if video is not None:
+        names = [c["name"] for c in env_spec.get("cameras", [])]
+        if names:
+            video_camera = names[0]
+        else:
+            extra, video_camera = (VIDEO_CAMERA,), VIDEO_CAMERA["name"]
+    env = make_env(
+        env_spec,
+        ckpt["task"],
+        steps or ckpt["eval_steps"],
+        backend=backend or config.get("eval_backend"),
+        seed=seed,
+        extra_cameras=extra,
+    )
+    try:
+        result = evaluate(
+            env,
+            policy,
+            env_spec,
+            episodes,
+            home_noise_rad=config.get("eval_home_noise_rad", 0.05) if home_noise_rad is None else home_noise_rad,
+            seed=seed,
+            video_path=video,
+            video_camera=video_camera,
+        )
+    finally:
+        env.close()
+    result = {
+        "checkpoint": ckpt["path"],
+        "algo": ckpt["algo"],
+        "obs": ckpt["obs"],
+        "task": ckpt["task"],
+        "step": ckpt["step"],
+        **result,
+    }
+    if video is not None:
+        result["video"] = str(video)
+    return result
