@@ -504,6 +504,17 @@ class OfflineDataset:
             )
         return out
 
+    def episode_returns(self) -> np.ndarray:
+        """Undiscounted task return of every episode (sum of its one-step rewards), shape (episodes,)."""
+        per_state = np.add.reduceat(self.reward_next.astype(np.float64), self.episode_starts[:-1])
+        return per_state
+
+    def scale_rewards(self, factor: float) -> None:
+        """Multiply the (n-step) rewards the algorithms learn from by ``factor``; evaluation scores
+        stay in the task's own units."""
+        self.reward_scale = float(factor)
+        self.nstep_reward = self.nstep_reward * self.reward_scale
+
     def summary(self) -> dict[str, Any]:
         outcomes: dict[str, int] = {}
         for o in self.outcomes:
@@ -515,6 +526,7 @@ class OfflineDataset:
             "transitions": self.num_transitions,
             "outcomes": outcomes,
             "rewarded_transitions": int(self.high_np.size),
+            "reward_scale": getattr(self, "reward_scale", 1.0),
             "task": self.task.name,
             "obs": self.obs_kind,
             "camera": self.camera,

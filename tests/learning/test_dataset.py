@@ -191,3 +191,10 @@ def test_clear_errors(tmp_path):
     tip = write_session(tmp_path, "tip", [4], action_space="tip_delta")
     with pytest.raises(DatasetError, match="different action spaces"):
         OfflineDataset([hw, tip], "reach:0")
+
+
+def test_default_reward_scale_spreads_episode_returns_over_a_thousand():
+    from learning.trainer import default_reward_scale
+
+    assert default_reward_scale(np.array([-80.0, -30.0, -55.0])) == pytest.approx(20.0)
+    assert default_reward_scale(np.array([-42.0])) == 1.0  # no spread: rewards left as they are
