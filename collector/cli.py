@@ -192,6 +192,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--camera", help="camera of image observations (default: the first recorded)")
     train.add_argument("--upsample-alpha", type=float, help="share of batches from successful transitions")
     train.add_argument(
+        "--reward-scale", type=float, help="factor on rewards (default 1000 / spread of episode returns, as IQL)"
+    )
+    train.add_argument(
         "--algo-config", help="JSON overrides of the algorithm config, e.g. '{\"hidden_dims\": [64, 64]}'"
     )
     train.add_argument("--no-progress", action="store_true", help="no live progress line")

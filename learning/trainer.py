@@ -634,6 +634,7 @@ def config_from_args(args) -> TrainConfig:
         "batch_size": args.batch_size,
         "threads": args.threads,
         "upsample_alpha": args.upsample_alpha,
+        "reward_scale": args.reward_scale,
         "camera": args.camera,
         "progress": not args.no_progress,
     }
