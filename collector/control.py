@@ -15,6 +15,7 @@ control step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -89,10 +90,8 @@ class ControlServer:
         return answered
 
     def publish(self, payload: dict[str, Any]) -> None:
-        try:
+        with contextlib.suppress(zmq.Again):  # no subscriber keeping up: telemetry is best effort
             self.pub.send(TELEMETRY_TOPIC + b" " + json.dumps(payload, default=str).encode(), zmq.NOBLOCK)
-        except zmq.Again:  # no subscriber keeping up: telemetry is best effort
-            pass
 
     def close(self) -> None:
         self.rep.close(0)

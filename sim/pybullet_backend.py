@@ -22,6 +22,7 @@ projection matrices computed once per camera when the scene is built.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
@@ -245,10 +246,8 @@ class PyBulletPanda(SimPandaDriver):
         self._initial_state = pybullet.saveState(physicsClientId=cid)
 
     def _close(self) -> None:
-        try:
+        with contextlib.suppress(pybullet.error):
             pybullet.disconnect(physicsClientId=self.client)
-        except pybullet.error:
-            pass
 
     # ---- state -------------------------------------------------------------------------------
     def _joint_state(self) -> tuple[np.ndarray, np.ndarray]:

@@ -63,6 +63,7 @@ Deviations and choices (the paper is silent unless stated):
 
 from __future__ import annotations
 
+import abc
 import collections
 import pathlib
 import time
@@ -649,8 +650,9 @@ class TD3Explorer(Explorer):
     def _vector(self, observations: np.ndarray) -> np.ndarray:
         return self.spec.normalise(observations).astype(np.float32)
 
+    @abc.abstractmethod
     def _policy_input(self, observation: np.ndarray) -> torch.Tensor:
-        raise NotImplementedError
+        """The policy network's input for one observation (``gcrnd`` appends its goal)."""
 
     def policy_action(self, observation: np.ndarray) -> np.ndarray:
         """The deterministic policy's action in [-1, 1] (no exploration noise)."""
@@ -671,8 +673,9 @@ class TD3Explorer(Explorer):
         if data is not None:
             self.rnd.update_obs_stats(data["obs"])
 
+    @abc.abstractmethod
     def _batch(self, n: int) -> dict[str, torch.Tensor] | None:
-        raise NotImplementedError
+        """A TD3 batch of ``n`` transitions with this explorer's rewards, or None without data."""
 
     def _scaled_actions(self, actions: np.ndarray) -> np.ndarray:
         return np.clip(actions / self.spec.action_limit, -1.0, 1.0).astype(np.float32)
