@@ -17,6 +17,8 @@ import pathlib
 import tempfile
 import time
 
+import numpy as np
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from rich.console import Console
@@ -25,7 +27,7 @@ from rich.table import Table
 from benchmarks.sim_throughput import RAW_LOOPS, commands
 from collector.config import parse_session_config
 from collector.session import Collector
-from collector.store import read_manifest
+from collector.store import iter_episodes, read_manifest
 from robot_drivers import create_driver
 from sim.config import SimConfig
 
@@ -61,7 +63,14 @@ def session_rate(backend: str, transitions: int, episode_steps: int, root: pathl
     session = root / f"bench_{backend}"
     steps = sum(e.steps for e in read_manifest(session))
     written = sum(f.stat().st_size for f in session.rglob("*") if f.is_file())
-    return {"steps": steps, "elapsed": elapsed, "rate": steps / elapsed, "bytes_per_s": written / elapsed}
+    periods = [episode.metadata["timing"]["loop_period_mean_s"] for episode in iter_episodes([session])]
+    return {
+        "steps": steps,
+        "elapsed": elapsed,
+        "rate": steps / elapsed,
+        "loop_rate": 1.0 / float(np.mean(periods)),
+        "bytes_per_s": written / elapsed,
+    }
 
 
 def main() -> None:
@@ -72,7 +81,8 @@ def main() -> None:
     table = Table(
         title=f"Collection with one 84x84 camera: {args.transitions} transitions, episodes of {args.episode_steps}"
     )
-    for column in ("backend", "raw sim steps/s", "session transitions/s", "session / raw", "store MB/s", "wall s"):
+    columns = ("backend", "raw sim steps/s", "loop steps/s", "loop / raw", "session transitions/s", "session / raw")
+    for column in (*columns, "store MB/s", "wall s"):
         table.add_column(column, justify="right")
     with tempfile.TemporaryDirectory() as tmp:
         for backend in ("robosuite", "pybullet"):
@@ -81,13 +91,19 @@ def main() -> None:
             table.add_row(
                 backend,
                 f"{raw:.1f}",
+                f"{run['loop_rate']:.1f}",
+                f"{run['loop_rate'] / raw:.2f}",
                 f"{run['rate']:.1f}",
                 f"{run['rate'] / raw:.2f}",
                 f"{run['bytes_per_s'] / 1e6:.2f}",
                 f"{run['elapsed']:.1f}",
             )
     Console().print(table)
-    print("session wall time includes start-up (simulator build, renderer), episode finishes and resets")
+    print(
+        "loop: the step loop inside episodes (explorer, filter, driver, store append, control socket), from the "
+        "episodes' recorded mean loop period; session: every transition over the whole wall time, start-up "
+        "(simulator build, renderer), episode finishes, explorer checkpoints and resets included"
+    )
 
 
 if __name__ == "__main__":
