@@ -143,7 +143,7 @@ def score_scripted(episodes: int, noise: float, random_prob: float) -> dict:
 
     class _Policy:
         def reset(self):
-            pass
+            """The scripted reacher keeps no per-episode state."""
 
         def act(self, obs):
             return reacher.act(obs["q"], obs["tip_pos"])

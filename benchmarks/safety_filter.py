@@ -19,8 +19,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from safety import SafetyFilter, SafetyLimits, kinematics
+from safety.reset import DEFAULT_HOME_Q
 
-HOME_Q = np.array([0.0, 0.19634954, 0.0, -2.61799388, 0.0, 2.94159265, 0.78539816])
+HOME_Q = DEFAULT_HOME_Q
 
 
 @dataclasses.dataclass

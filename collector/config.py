@@ -16,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from collector.explorers import explorer_class
 from robot_drivers import ActionSpace, backend_names, driver_class
 from safety.limits import SafetyLimits
+from safety.reset import DEFAULT_HOME_Q as SAFETY_HOME_Q
 
 SIMULATED_BACKENDS = ("robosuite", "pybullet")
-DEFAULT_HOME_Q = (0.0, 0.19634954, 0.0, -2.61799388, 0.0, 2.94159265, 0.78539816)
-"""Home joint configuration, rad (robosuite's Panda start pose; the tool tip points down over the table)."""
+DEFAULT_HOME_Q = tuple(float(x) for x in SAFETY_HOME_Q)
+"""Home joint configuration, rad (`safety.reset.DEFAULT_HOME_Q`, as a tuple for the config field)."""
 DEFAULT_EPISODE_STEPS = {ActionSpace.joint_velocity: 1000, ActionSpace.tip_delta: 200}
 """Seed 001: 1000-step episodes in joint space; seed 003: 200-step episodes in Cartesian space."""
 

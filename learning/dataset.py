@@ -43,6 +43,7 @@ Unif(D).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -59,6 +60,7 @@ import yaml
 from collector.store import Episode, atomic_write_text, find_sessions, iter_episodes
 from learning.algorithms.base import ObservationSpec
 from learning.relabel import PRIVILEGED_KEYS, check_privileged, relabel
+from safety.reset import DEFAULT_HOME_Q
 from sim.tasks import Task, make_task
 
 OBS_KINDS = ("proprio", "proprio+object", "image")
@@ -127,9 +129,7 @@ def read_session_info(session_dir: Path) -> SessionInfo:
         action_space=action_space,
         control_rate_hz=float(data.get("control_rate_hz", 20.0)),
         episode_steps=int(steps),
-        home_q=tuple(
-            float(x) for x in data.get("home_q", (0.0, 0.19634954, 0.0, -2.61799388, 0.0, 2.94159265, 0.785398))
-        ),
+        home_q=tuple(float(x) for x in data.get("home_q", DEFAULT_HOME_Q)),
         safety=dict(data.get("safety") or {}),
     )
 
@@ -155,13 +155,10 @@ def _check_compatible(infos: list[SessionInfo]) -> None:
 
 
 def _available_memory_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     return 8 << 30
 
 

@@ -42,8 +42,9 @@ from safety.filter import brake, cartesian_margins
 from safety.limits import SafetyLimits
 
 DEFAULT_HOME_Q = np.array([0.0, 0.19634954, 0.0, -2.61799388, 0.0, 2.94159265, 0.78539816])
-"""Home joint configuration, rad (robosuite's Panda start pose; sim/scene.py DEFAULT_HOME_Q, copied
-because safety/ imports nothing of ours)."""
+"""Home joint configuration, rad: robosuite's Panda start pose, tool tip about 0.22 m above the
+table and pointing down.  The one definition: the simulator, the collector's config and the
+trainer import it from here (safety/ is the leaf everything may import)."""
 RETRACT_JOINTS = (1, 3, 5)
 """Joints (0-based: joints 2, 4 and 6) moved to their home angles by the retract intermediate."""
 LIFT_HEIGHT_M = 0.12

@@ -12,6 +12,8 @@ import dataclasses
 
 import numpy as np
 
+from safety.reset import DEFAULT_HOME_Q  # noqa: F401 - re-exported: sim.scene.DEFAULT_HOME_Q
+
 TABLE_TOP_Z = -0.112
 """Height of the table surface in the base frame, m (robosuite: table top 0.8 m, base 0.912 m)."""
 TABLE_CENTER_XY = (0.56, 0.0)
@@ -52,9 +54,7 @@ CUBE_FACES: tuple[CubeFace, ...] = (
 CUBE_FACE_COLOURS: tuple[str, ...] = tuple(face.colour for face in CUBE_FACES)
 """Colour names in face order: index -> colour."""
 
-DEFAULT_HOME_Q = np.array([0.0, 0.19634954, 0.0, -2.61799388, 0.0, 2.94159265, 0.78539816])
-"""Home joint configuration, rad: robosuite's Panda start pose, tool tip about 0.22 m above the
-table and pointing down, in front of the cube."""
+# DEFAULT_HOME_Q (imported above from safety.reset): the home pose, tool tip in front of the cube.
 
 TOOL_TIP_OFFSET = 0.1034
 """Distance from the flange to the tool tip along the flange z axis, m (Franka hand TCP)."""

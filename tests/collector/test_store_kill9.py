@@ -10,6 +10,7 @@ it had been flushed; every step's values are the ones the child wrote; no index 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -32,10 +33,8 @@ CHILD = Path(__file__).with_name("_store_child.py")
 def _progress(path: Path) -> list[dict]:
     out = []
     for line in path.read_text().splitlines():
-        try:
+        with contextlib.suppress(ValueError):  # the child was killed mid-line
             out.append(json.loads(line))
-        except ValueError:
-            pass
     return out
 
 

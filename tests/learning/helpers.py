@@ -8,8 +8,9 @@ import numpy as np
 import yaml
 
 from collector.store import SessionStore
+from safety.reset import DEFAULT_HOME_Q
 
-HOME_Q = [0.0, 0.19634954, 0.0, -2.61799388, 0.0, 2.94159265, 0.78539816]
+HOME_Q = DEFAULT_HOME_Q.tolist()
 
 
 def session_yaml(

@@ -9,8 +9,9 @@ import numpy as np
 from safety import kinematics
 from safety.filter import SafetyFilter, cartesian_margins
 from safety.limits import SafetyLimits
+from safety.reset import DEFAULT_HOME_Q
 
-HOME_Q = np.array([0.0, 0.19634954, 0.0, -2.61799388, 0.0, 2.94159265, 0.78539816])
+HOME_Q = DEFAULT_HOME_Q
 LIMITS = SafetyLimits()
 
 
