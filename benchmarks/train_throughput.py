@@ -184,6 +184,25 @@ def median_rates(steps: dict[str, Callable[[], None]], device, seconds: float, r
     return {k: statistics.median(v) for k, v in results.items()}
 
 
+MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm")
+
+
+def matmul_share(step: Callable[[], None], steps: int = 50) -> float:
+    """Fraction of ``step``'s CPU time spent inside matrix multiplications (torch profiler, self time).
+    Work that every implementation of the same update must do: 1 / share bounds the speed-up that
+    removing all other overhead could give at fp32 on this device."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(5):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / total
+
+
 def drq_rate(device: torch.device, batch_size: int, updates: int) -> float:
     spec = ObservationSpec("image", IMAGE)
     algo = make_algorithm("drqbc", {"batch_size": batch_size}, spec, ACTION_DIM, device)
@@ -226,12 +245,16 @@ def main() -> None:
     np.random.seed(0)  # noqa: NPY002 - the reference buffer samples from numpy's global RNG
 
     rows = []
+    shares: dict[str, float] = {}  # CPU time share of matrix multiplications, TD3+BC
     for dev_name in devices:
         device = torch.device(dev_name)
         data = vector_data(device)
         td3_ours, _ = ours_step("td3bc", data, device)
-        rates = median_rates({"ours": td3_ours, "ref": reference_step(data, device)}, device, args.seconds, args.rounds)
+        td3_ref = reference_step(data, device)
+        rates = median_rates({"ours": td3_ours, "ref": td3_ref}, device, args.seconds, args.rounds)
         rows.append((dev_name, "TD3+BC", 256, rates["ours"], rates["ref"]))
+        if dev_name == "cpu":
+            shares = {"ours": matmul_share(td3_ours), "reference": matmul_share(td3_ref)}
         for name, label in (("bcq", "BCQ"), ("bc", "BC")):
             step, batch_size = ours_step(name, data, device)
             rows.append((dev_name, label, batch_size, median_rates({"x": step}, device, args.seconds, 1)["x"], None))
@@ -249,6 +272,11 @@ def main() -> None:
         print(f"{dev_name:6} {label:16} {batch_size:5d} {ours:10.1f} {images} {ref_s} {ratio:>6}")
     print("reference = the authors' TD3_BC.py loop (numpy buffer, tensors built per batch, same networks)")
     print("images/s = observations trained on per second (batch x updates/s; each also encodes its next obs)")
+    if shares:
+        print()
+        print("CPU time of a TD3+BC update inside matrix multiplications (profiler self time, fp32):")
+        for name, share in shares.items():
+            print(f"  {name:9}  {100 * share:4.0f}%   (removing everything else: at most {1 / share:.2f}x faster)")
 
     frame = 84 * 84 * 3
     per_100k = 100_000 * frame

@@ -495,6 +495,7 @@ class Trainer:
                     log("train/updates_per_s", count / max(now - window_start, 1e-9))
                     info = " ".join(f"{k} {v / count:.3g}" for k, v in list(sums.items())[:3])
                     sums, count, window_start = {}, 0, now
+                    csv_file.flush()  # `tail -f metrics.csv` follows a run (one small write per log_every)
                     progress.update(self.step, info)
                 if eval_on and (
                     (config.eval_every and self.step % config.eval_every == 0) or self.step == config.steps

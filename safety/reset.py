@@ -17,7 +17,13 @@ exploration.  `plan_reset` builds a joint-space trajectory at the control rate:
    vertical plane), lift the tool tip straight up first, or both, or move some joints to their
    home angles first and the others after (every subset is tried); all of these again after
    first nudging the tool tip 3 cm toward its home position (off a boundary the arm may sit on).
-   If none stays inside, `ResetPlanningError`: the collector holds for the operator.
+4. if none of those stays inside (folded configurations exploration rarely reaches), a
+   bidirectional sampling search in joint space (RRT-Connect, Kuffner & LaValle 2000) between the
+   resting configuration and home, every straight edge checked at `EDGE_CHECK_RAD` resolution with
+   a `SEARCH_CLEARANCE_M` extra clearance, then shortened by shortcutting; its waypoints are passed
+   at rest like the others. It is seeded from the start configuration, so a plan is reproducible.
+   Only if that also fails (or the full path at the control rate leaves the limits),
+   `ResetPlanningError`: the collector holds for the operator.
 
 The commands are the averages of the continuous profile over each control period, so they sum
 exactly to the planned displacement, never exceed the cap and never change by more than
@@ -51,6 +57,17 @@ LIFT_HEIGHT_M = 0.12
 """How far the lift intermediate raises the tool tip, m (less if the box top is closer)."""
 NUDGE_M = 0.03
 """How far the nudge intermediate moves the tool tip toward its home position, m."""
+SEARCH_ITERATIONS = 4000
+"""Most extensions of the joint-space search (step 4) before it gives up (about 1 s)."""
+SEARCH_STEP_RAD = 0.25
+"""Longest edge the search adds in one extension, rad (largest joint change)."""
+EDGE_CHECK_RAD = 0.02
+"""Resolution at which search edges are checked against the limits, rad (largest joint change)."""
+SEARCH_CLEARANCE_M = 0.005
+"""Extra margin the search keeps to every limit, m or rad: the executed rest-to-rest profiles
+deviate slightly from the straight edges it checked."""
+SHORTCUT_TRIES = 200
+"""Random shortcut attempts on the path the search found."""
 
 
 class ResetPlanningError(RuntimeError):
@@ -175,6 +192,67 @@ def _nudged(q: np.ndarray, home: np.ndarray, limits: SafetyLimits) -> list[tuple
     return [(f"nudge_{name}", [nudged, *waypoints]) for name, waypoints in _candidates(nudged, home, limits)]
 
 
+def _edge_margin(a: np.ndarray, b: np.ndarray, limits: SafetyLimits) -> float:
+    """`path_margin` of the straight joint-space edge a -> b sampled every `EDGE_CHECK_RAD`."""
+    n = max(1, int(np.ceil(np.max(np.abs(b - a)) / EDGE_CHECK_RAD)))
+    return path_margin(a + (b - a) * np.linspace(0.0, 1.0, n + 1)[:, None], limits)
+
+
+def _search(start: np.ndarray, goal: np.ndarray, limits: SafetyLimits, floor: float) -> list[np.ndarray] | None:
+    """RRT-Connect (Kuffner & LaValle 2000) from ``start`` to ``goal`` in joint space; every edge
+    keeps `path_margin` >= ``floor``.  Returns the waypoints after ``start`` (``goal`` last), shortened
+    by random shortcuts, or None after `SEARCH_ITERATIONS` extensions."""
+    rng = np.random.default_rng(np.frombuffer(np.round(start, 6).tobytes(), dtype=np.uint32))
+    low = limits.q_lower + limits.tracking_margin_joint
+    high = limits.q_upper - limits.tracking_margin_joint
+
+    def steer(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+        gap = float(np.max(np.abs(dst - src)))
+        return dst if gap <= SEARCH_STEP_RAD else src + (dst - src) * (SEARCH_STEP_RAD / gap)
+
+    def extend(tree: list[np.ndarray], parents: list[int], target: np.ndarray) -> int | None:
+        """Add one step from the nearest node toward target; the new node's index or None."""
+        nearest = int(np.argmin(np.max(np.abs(np.asarray(tree) - target), axis=1)))
+        new = steer(tree[nearest], target)
+        if _edge_margin(tree[nearest], new, limits) < floor:
+            return None
+        tree.append(new)
+        parents.append(nearest)
+        return len(tree) - 1
+
+    def branch(tree: list[np.ndarray], parents: list[int], index: int) -> list[np.ndarray]:
+        out = []
+        while index >= 0:
+            out.append(tree[index])
+            index = parents[index]
+        return out  # from the node back to the tree's root
+
+    trees = ([start.copy()], [-1]), ([goal.copy()], [-1])
+    path = None
+    for iteration in range(SEARCH_ITERATIONS):
+        (tree_a, parents_a), (tree_b, parents_b) = trees if iteration % 2 == 0 else trees[::-1]
+        new = extend(tree_a, parents_a, rng.uniform(low, high))
+        if new is None:
+            continue
+        target = tree_a[new]
+        while (reached := extend(tree_b, parents_b, target)) is not None:  # connect
+            if np.array_equal(tree_b[reached], target):
+                from_a, from_b = branch(tree_a, parents_a, new), branch(tree_b, parents_b, reached)
+                path = [*from_a[::-1], *from_b[1:]] if iteration % 2 == 0 else [*from_b[::-1], *from_a[1:]]
+                break
+        if path is not None:
+            break
+    if path is None:
+        return None
+    for _ in range(SHORTCUT_TRIES):
+        if len(path) <= 2:
+            break
+        i, j = sorted(rng.choice(len(path), size=2, replace=False))
+        if j - i > 1 and _edge_margin(path[i], path[j], limits) >= floor:
+            path = path[: i + 1] + path[j:]
+    return path[1:]
+
+
 def path_margin(positions: np.ndarray, limits: SafetyLimits) -> float:
     """Smallest margin of a sequence of configurations (m, 7) to every limit as the filter
     enforces it (tracking margins included): joint limits (rad) and Cartesian limits (m),
@@ -238,6 +316,16 @@ def plan_reset(
         if best is None or margin > best[0]:
             best = (margin, strategy, waypoints, path)
     assert best is not None
+    floor = min(0.0, path_margin(braking[:1], limits))
+    if best[0] < floor - 1e-9:  # 4. no hand-made candidate stays inside: search
+        found = _search(rest, home, limits, floor + SEARCH_CLEARANCE_M)
+        if found is not None:
+            segments, start = [braking], rest
+            for waypoint in found:
+                segments.append(_segment(start, waypoint, limits, period)[1:])
+                start = waypoint
+            searched = np.concatenate(segments)
+            best = max(best, (path_margin(searched, limits), "search", found, searched), key=lambda b: b[0])
     margin, strategy, waypoints, path = best
     if margin < min(0.0, path_margin(path[:1], limits)) - 1e-9:
         raise ResetPlanningError(f"no safe path to home; the best ({strategy}) is {-margin:.4f} outside the limits")
