@@ -52,7 +52,12 @@ class DrQBCConfig(AlgorithmConfig):
     actor_update_every: int = Field(1, description="Actor/target update period in updates (see module doc).")
     stddev_init: float = Field(1.0, description="Policy noise std at update 0 (Table 8 schedule).")
     stddev_final: float = Field(0.1, description="Policy noise std after the schedule (Table 8).")
-    stddev_steps: int = Field(250_000, description="Schedule length in updates = Table 8's 500000 loop steps.")
+    stddev_steps: int = Field(
+        250_000,
+        gt=0,
+        description="Schedule length in updates = Table 8's 500000 loop steps. For a shorter run use about half "
+        "its updates: with 250000 a 20K-update run never leaves the high-noise phase (README 'Does it learn?').",
+    )
     stddev_clip: float = Field(0.3, description="Noise clip (Table 8 'exploration stddev. clip').")
     alpha: float = Field(2.5, description="BC weight alpha (sec. C.2, Table 8).")
     augment_pad: int = Field(4, description="Random-shift padding in pixels (DrQ-v2); 0 disables.")
