@@ -464,6 +464,8 @@ class Trainer:
             print(f"resuming {self.run_dir} from step {self.step} ({self.start_ckpt['path']})", file=sys.stderr)
         else:
             atomic_write_text(self.run_dir / "config.json", json.dumps(config.model_dump(mode="json"), indent=2))
+        for advice in self.algo.run_advice(config.steps):
+            print(f"warning: {advice}", file=sys.stderr)
         self._trim_csv(self.step)
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step if self.step else None)
         csv_file = open(self.run_dir / "metrics.csv", "a", newline="")

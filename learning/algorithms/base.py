@@ -83,6 +83,11 @@ class Algorithm(abc.ABC):
 
     # ---- shared helpers (added; the contract above is unchanged) ---------------------------------
 
+    def run_advice(self, total_updates: int) -> list[str]:
+        """Warnings about this config for a run of ``total_updates`` updates (printed by the trainer
+        at the start; a schedule longer than the run, say).  None by default."""
+        return []
+
     def header(self) -> dict[str, Any]:
         """What a checkpoint says about itself: algorithm name, observation spec, action size and
         config (plain Python values and lists, loadable with ``torch.load(weights_only=True)``)."""

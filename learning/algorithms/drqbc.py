@@ -89,6 +89,17 @@ class DrQBC(Algorithm):
         mix = min(max(step / self.config.stddev_steps, 0.0), 1.0)
         return (1.0 - mix) * self.config.stddev_init + mix * self.config.stddev_final
 
+    def run_advice(self, total_updates: int) -> list[str]:
+        c = self.config
+        if c.stddev_steps <= total_updates:
+            return []
+        return [
+            f"drqbc: the policy-noise schedule (stddev_steps={c.stddev_steps}) is longer than this run "
+            f"({total_updates} updates): the noise ends at {self.stddev(total_updates):.2f}, not "
+            f"{c.stddev_final}; for short runs --algo-config '{{\"stddev_steps\": {max(1, total_updates // 2)}}}' "
+            "(half the run, as Table 8's schedule is half of its training)"
+        ]
+
     def _noisy(self, mu: torch.Tensor, std: float) -> torch.Tensor:
         eps = torch.randn(mu.shape, device=self.device, generator=self.generator) * std
         return clamp_st(mu + eps.clamp(-self.config.stddev_clip, self.config.stddev_clip))

@@ -274,6 +274,15 @@ def test_drqbc_noise_schedule() -> None:
     assert algo.stddev(250_000) == pytest.approx(0.1) and algo.stddev(10**7) == pytest.approx(0.1)
 
 
+def test_drqbc_warns_when_its_noise_schedule_outlasts_the_run() -> None:
+    algo = build("drqbc", "image")  # stddev_steps 250000 (Table 8)
+    (advice,) = algo.run_advice(20_000)
+    assert "stddev_steps=250000" in advice and '"stddev_steps": 10000' in advice
+    assert f"{algo.stddev(20_000):.2f}" in advice
+    assert algo.run_advice(250_000) == [] and algo.run_advice(10**6) == []
+    assert build("td3bc", "vector").run_advice(10) == []
+
+
 # ---- learning sanity -------------------------------------------------------------------------------
 
 
