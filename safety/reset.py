@@ -137,6 +137,15 @@ def _segment(start: np.ndarray, goal: np.ndarray, limits: SafetyLimits, period: 
     return positions
 
 
+def _path_through(braking: np.ndarray, waypoints: list[np.ndarray], limits: SafetyLimits, period: float) -> np.ndarray:
+    """The braking configurations, then rest-to-rest segments through each waypoint in turn."""
+    path, start = [braking], braking[-1]
+    for waypoint in waypoints:
+        path.append(_segment(start, waypoint, limits, period)[1:])
+        start = waypoint
+    return np.concatenate(path)
+
+
 def _move_tip(q: np.ndarray, limits: SafetyLimits, displacement: np.ndarray) -> np.ndarray | None:
     """A configuration with the tool tip moved by ``displacement`` (m, orientation free), by
     damped least squares from ``q``; None if it does not get there inside the joint limits."""
@@ -303,11 +312,7 @@ def plan_reset(
     # 2./3. candidate paths, first safe one wins
     best: tuple[float, str, list[np.ndarray], np.ndarray] | None = None
     for strategy, waypoints in itertools.chain(_candidates(rest, home, limits), _nudged(rest, home, limits)):
-        path, start = [braking], rest
-        for waypoint in waypoints:
-            path.append(_segment(start, waypoint, limits, period)[1:])
-            start = waypoint
-        path = np.concatenate(path)
+        path = _path_through(braking, waypoints, limits, period)
         margin = path_margin(path, limits)
         start_margin = path_margin(path[:1], limits)
         if margin >= min(0.0, start_margin) - 1e-9:
@@ -320,11 +325,7 @@ def plan_reset(
     if best[0] < floor - 1e-9:  # 4. no hand-made candidate stays inside: search
         found = _search(rest, home, limits, floor + SEARCH_CLEARANCE_M)
         if found is not None:
-            segments, start = [braking], rest
-            for waypoint in found:
-                segments.append(_segment(start, waypoint, limits, period)[1:])
-                start = waypoint
-            searched = np.concatenate(segments)
+            searched = _path_through(braking, found, limits, period)
             best = max(best, (path_margin(searched, limits), "search", found, searched), key=lambda b: b[0])
     margin, strategy, waypoints, path = best
     if margin < min(0.0, path_margin(path[:1], limits)) - 1e-9:

@@ -1,6 +1,7 @@
 """Operator control over real ZMQ sockets on loopback: good requests are answered, malformed ones
 get an error reply and change nothing."""
 
+import contextlib
 import json
 import threading
 
@@ -38,10 +39,8 @@ def test_parse_rejects_malformed_requests_saying_why(raw, message):
 @given(st.binary(max_size=200))
 @settings(max_examples=300, deadline=None)
 def test_parse_never_raises_anything_but_request_error(raw):
-    try:
+    with contextlib.suppress(RequestError):  # any other exception fails the test
         parse_request(raw)
-    except RequestError:
-        pass
 
 
 @pytest.fixture
