@@ -53,7 +53,14 @@ def _load_config_or_exit(path: str):
         return load_session_config(path)
     except ConfigError as error:
         print(error, file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+EXIT_CONFIG = 2
+"""Exit code of a refused config (every bad field named on stderr)."""
+EXIT_START_REFUSED = 3
+"""Exit code of a start refused before the arm moved: an address taken, the robot unreachable, the
+session open in another collector, a damaged explorer checkpoint. Nothing was created on disk."""
 
 
 def _run_collect(args: argparse.Namespace) -> int:
@@ -61,10 +68,14 @@ def _run_collect(args: argparse.Namespace) -> int:
     if args.detach:
         return _detach(args, config)
     from collector.progress import ProgressDisplay
-    from collector.session import Collector
+    from collector.session import Collector, StartRefused
 
-    with ProgressDisplay() as display:
-        code = Collector(config, on_progress=display).run()
+    try:
+        with ProgressDisplay() as display:
+            code = Collector(config, on_progress=display).run()
+    except StartRefused as refused:
+        print(f"collect refused: {refused}", file=sys.stderr)
+        return EXIT_START_REFUSED
     return code
 
 
@@ -259,8 +270,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Every non-zero exit says why on stderr in one line; an unexpected error
+    also writes its traceback to a file named in that line (for a bug report)."""
     args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # the last resort: one line for the operator, the traceback kept
+        import tempfile
+        import traceback
+
+        summary = " ".join(f"{type(error).__name__}: {error}".split())[:500]
+        try:
+            with tempfile.NamedTemporaryFile(
+                "w", prefix="pandalab-error-", suffix=".txt", delete=False, dir=tempfile.gettempdir()
+            ) as report:
+                traceback.print_exc(file=report)
+            where = f" (traceback in {report.name})"
+        except OSError:
+            where = ""
+        print(f"pandalab {args.command}: unexpected error: {summary}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,16 +7,18 @@ is created on disk or the robot moves, with every wrong field named (`load_sessi
 from __future__ import annotations
 
 import pathlib
+import re
 from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from collector.explorers import explorer_class
 from robot_drivers import ActionSpace, backend_names, driver_class
 from safety.limits import SafetyLimits
 from safety.reset import DEFAULT_HOME_Q as SAFETY_HOME_Q
+from safety.strict_model import ConfigTooLarge, StrictModel, non_finite_paths
 
 SIMULATED_BACKENDS = ("robosuite", "pybullet")
 DEFAULT_HOME_Q = tuple(float(x) for x in SAFETY_HOME_Q)
@@ -25,8 +27,7 @@ DEFAULT_EPISODE_STEPS = {ActionSpace.joint_velocity: 1000, ActionSpace.tip_delta
 """Seed 001: 1000-step episodes in joint space; seed 003: 200-step episodes in Cartesian space."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = StrictModel
 
 
 class RobotConfig(_Strict):
@@ -64,16 +65,41 @@ class StopCondition(_Strict):
     wall_time_s: float | None = Field(None, gt=0, description="Stop after this many seconds.")
 
 
+MAX_FLUSH_EVERY_STEPS = 10_000
+"""Most steps one chunk of the `.partial` may gather before it is flushed."""
+MAX_CHUNK_BUFFER_BYTES = 256 << 20
+"""Largest memory one chunk buffer of the store may take (steps x bytes a step), bytes; the writer
+keeps a handful of such buffers, so this bounds the store's memory to about a GiB."""
+MAX_SEED = 2**32 - 1
+"""Largest seed: numpy, torch and both simulators all take a 32-bit seed."""
+
+
 class StoreSettings(_Strict):
-    flush_every_steps: int = Field(50, gt=0, description="Steps per chunk flushed (fsynced) to the .partial file.")
-    free_space_floor_mb: float = Field(500.0, ge=0, description="Hold the robot when free disk falls below this, MB.")
+    flush_every_steps: int = Field(
+        50,
+        gt=0,
+        le=MAX_FLUSH_EVERY_STEPS,
+        description="Steps per chunk flushed (fsynced) to the .partial file; a crash loses at most this many "
+        "steps (or 1 s of them). Its memory (steps x bytes a step, images included) must stay under 256 MiB.",
+    )
+    free_space_floor_mb: float = Field(
+        500.0,
+        ge=0,
+        le=1e9,
+        description="Hold the robot when free disk falls below this, MB (plus the room the episode being "
+        "recorded needs to be finished).",
+    )
 
 
 class SessionConfig(_Strict):
     """A collection session."""
 
     session_id: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9_.-]+$", description="Folder name under data_root; default: start time."
+        None,
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+        max_length=128,
+        description="Folder name under data_root: letters, digits, '_', '.', '-', not starting with '.'; "
+        "default: the start time.",
     )
     data_root: pathlib.Path = Field(pathlib.Path("data"), description="Where sessions are stored.")
     robot: RobotConfig = Field(default_factory=RobotConfig, description="Which arm and its options.")
@@ -92,11 +118,22 @@ class SessionConfig(_Strict):
     )
     safety: SafetyLimits = Field(default_factory=SafetyLimits, description="Safety limits (safety/limits.py).")
     explorer: ExplorerSettings = Field(default_factory=ExplorerSettings, description="Exploration policy.")
-    seed: int = Field(0, ge=0, description="Seed of the explorer and the simulator.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the explorer and the simulator, 0..2**32-1.")
     stop: StopCondition = Field(default_factory=StopCondition, description="When the session ends.")
     store: StoreSettings = Field(default_factory=StoreSettings, description="Episode store settings.")
-    control_address: str = Field("tcp://127.0.0.1:5555", description="ZMQ REP address for operator commands.")
-    telemetry_address: str = Field("tcp://127.0.0.1:5556", description="ZMQ PUB address for telemetry.")
+    control_address: str = Field(
+        "tcp://127.0.0.1:5555",
+        description="ZMQ REP address for operator commands: tcp://HOST:PORT or ipc:///PATH; bound before "
+        "anything is created on disk.",
+    )
+    telemetry_address: str = Field(
+        "tcp://127.0.0.1:5556", description="ZMQ PUB address for telemetry (tcp://HOST:PORT or ipc:///PATH)."
+    )
+
+    @field_validator("control_address", "telemetry_address")
+    @classmethod
+    def _zmq_address(cls, address: str) -> str:
+        return check_zmq_address(address)
 
     @property
     def simulated(self) -> bool:
@@ -127,10 +164,37 @@ class SessionConfig(_Strict):
         low, high = self.safety.q_lower, self.safety.q_upper
         if np.any(home < low) or np.any(home > high):
             raise ValueError(f"home_q: {list(home)} lies outside the safety joint limits")
+        if self.control_address == self.telemetry_address:
+            raise ValueError(f"telemetry_address: the same as control_address ({self.control_address})")
         clash = {"action_space", "control_rate_hz", "seed", "backend"} & set(self.robot.options)
         if clash:
             raise ValueError(f"robot.options: {sorted(clash)} are session fields; set them at the top level")
         return self
+
+
+_TCP_ADDRESS = re.compile(r"^tcp://(\*|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$")
+_IPC_PATH_MAX = 107
+"""Longest path of a Unix socket (sun_path is 108 bytes with its terminating NUL)."""
+
+
+def check_zmq_address(address: str) -> str:
+    """A ZMQ address the collector can bind: ``tcp://HOST:PORT`` (port 1..65535) or
+    ``ipc:///PATH`` (an absolute or relative path of at most 107 bytes)."""
+    if address.startswith("tcp://"):
+        match = _TCP_ADDRESS.match(address)
+        if not match or not 0 < int(match.group(2)) < 65536:
+            raise ValueError(f"{address!r} is not tcp://HOST:PORT with a port 1..65535")
+        return address
+    if address.startswith("ipc://"):
+        path = address[len("ipc://") :]
+        if not path or "\0" in path or len(path.encode("utf-8", "surrogateescape")) > _IPC_PATH_MAX:
+            raise ValueError(f"{address!r}: ipc:// needs a socket path of 1..{_IPC_PATH_MAX} bytes")
+        return address
+    raise ValueError(f"{address!r} is not a ZMQ address the collector can bind (tcp://HOST:PORT or ipc:///PATH)")
+
+
+MAX_CONFIG_FILE_BYTES = 1 << 20
+"""Largest session config file read, bytes."""
 
 
 class ConfigError(ValueError):
@@ -140,8 +204,10 @@ class ConfigError(ValueError):
 def _format_errors(error: ValidationError, prefix: str = "") -> list[str]:
     lines = []
     for item in error.errors():
-        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"{prefix}{location}: {item['msg']}")
+        location = prefix + ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        location = location.rstrip(".")
+        lines.append(f"{location}: {message}" if location else message)  # model checks name their field
     return lines
 
 
@@ -191,26 +257,68 @@ def parse_session_config(data: Any, source: str = "config") -> SessionConfig:
     `ConfigError` lists every problem found, one per line, each starting with its field."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        non_finite = non_finite_paths(data)
+    except ConfigTooLarge as error:
+        raise ConfigError(f"{source}: {error}") from None
+    if non_finite:
+        problems = [
+            f"{where.split(' = ')[0]}: must be a finite number, got {where.split(' = ')[1]}" for where in non_finite
+        ]
+        raise ConfigError(_one_per_line(source, problems))
     problems = _option_problems(data)
     config = None
     try:
         config = SessionConfig(**data)
     except ValidationError as error:
         problems = _format_errors(error) + problems
+    if config is not None and not problems:
+        problems += _chunk_memory_problems(config, data)
     if problems or config is None:
-        raise ConfigError(f"{source}: invalid session config:\n  " + "\n  ".join(problems))
+        raise ConfigError(_one_per_line(source, problems))
     return config
+
+
+def _one_per_line(source: str, problems: list[str]) -> str:
+    """Each problem on its own line, each naming the file and the field: ``FILE: FIELD: what``."""
+    return "\n".join(f"{source}: {problem}" for problem in problems)
+
+
+def _chunk_memory_problems(config: SessionConfig, data: dict[str, Any]) -> list[str]:
+    """The store keeps whole chunks of steps in memory: refuse a flush interval whose buffer
+    (flush_every_steps x bytes a step, the cameras' frames included) exceeds MAX_CHUNK_BUFFER_BYTES."""
+    cameras = config.robot.options.get("cameras")
+    if cameras is None:
+        config_class = getattr(driver_class(config.robot.backend), "config_class", None)
+        default = config_class.model_fields.get("cameras") if config_class is not None else None
+        cameras = [c.model_dump() for c in default.default] if default is not None and default.default else []
+    frame_bytes = sum(int(c.get("width", 84)) * int(c.get("height", 84)) * 3 for c in cameras if isinstance(c, dict))
+    step_bytes = frame_bytes + 512  # proprioception, action, command, privileged state, time
+    chunk_bytes = config.store.flush_every_steps * step_bytes
+    if chunk_bytes > MAX_CHUNK_BUFFER_BYTES:
+        most = MAX_CHUNK_BUFFER_BYTES // step_bytes
+        return [
+            f"store.flush_every_steps: {config.store.flush_every_steps} steps of {step_bytes} bytes need "
+            f"{chunk_bytes / 2**20:.0f} MiB per chunk buffer; at most {most} steps with these cameras"
+        ]
+    return []
 
 
 def load_session_config(path: str | pathlib.Path) -> SessionConfig:
     """Read and validate a YAML session config; `ConfigError` names the file and every bad field."""
     path = pathlib.Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_CONFIG_FILE_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes; a session config is at most 1 MB")
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a session config") from None
     return parse_session_config(data, source=str(path))
 
 

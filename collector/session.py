@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import errno
 import pathlib
 import pickle
 import signal
@@ -34,9 +35,16 @@ from typing import Any
 import numpy as np
 
 from collector.config import SessionConfig, dump_session_config
-from collector.control import ControlServer
+from collector.control import AddressUnavailable, ControlServer
 from collector.explorers import Explorer, ExplorerSpec, make_explorer
-from collector.store import SessionStore, atomic_write_bytes, read_manifest
+from collector.store import (
+    EpisodeRecorder,
+    SessionLocked,
+    SessionStore,
+    StoreWriteError,
+    atomic_write_bytes,
+    read_manifest,
+)
 from robot_drivers import ActionSpace, DriverFault, RobotState, create_driver
 from robot_drivers.safe_driver import SafeDriver
 from safety import ResetPlanningError, SafetyEvent, ViolationMonitor, Watchdog, contact_events
@@ -49,6 +57,12 @@ counted per episode in its metadata instead."""
 TELEMETRY_PERIOD_S = 0.5
 MAX_CONSECUTIVE_FAULTS = 3
 """Driver faults in a row (each followed by a failed recovery) before the collector gives up."""
+
+
+class StartRefused(RuntimeError):
+    """The session could not start (an address taken, the robot unreachable, the session open in
+    another collector, a damaged explorer checkpoint); the message is one line for the operator.
+    Nothing was created on disk and the arm was not moved."""
 
 
 @dataclasses.dataclass
@@ -96,15 +110,37 @@ class Collector:
 
     # ---- set-up -------------------------------------------------------------------------------
     def _open(self) -> None:
+        """Bind the operator sockets, connect the arm, then open the session folder: a start that
+        is refused (address taken, robot unreachable, session open elsewhere) creates nothing on
+        disk and raises `StartRefused` with one line saying why."""
         config = self.config
+        try:
+            self.control = ControlServer(config.control_address, config.telemetry_address)
+        except AddressUnavailable as error:
+            raise StartRefused(str(error)) from None
+        options = config.driver_options() | {"action_space": ActionSpace.joint_velocity.value}
+        try:
+            self.driver = create_driver(config.robot.backend, options)
+            self.driver.connect()
+        except DriverFault as fault:
+            raise StartRefused(f"robot {config.robot.backend} cannot be reached: {fault}") from None
         resolved = config.model_copy(update={"session_id": self.session_id})
-        self.store = SessionStore.open(
-            config.data_root,
-            self.session_id,
-            session_yaml_text=dump_session_config(resolved),
-            flush_every_steps=config.store.flush_every_steps,
-            free_space_floor_bytes=int(config.store.free_space_floor_mb * 1e6),
-        )
+        try:
+            self.store = SessionStore.open(
+                config.data_root,
+                self.session_id,
+                session_yaml_text=dump_session_config(resolved),
+                flush_every_steps=config.store.flush_every_steps,
+                free_space_floor_bytes=int(config.store.free_space_floor_mb * 1e6),
+            )
+        except SessionLocked:
+            raise StartRefused(
+                f"session {self.session_id} is already open in another collector ({config.data_root / self.session_id})"
+            ) from None
+        except OSError as error:
+            raise StartRefused(
+                f"session folder {config.data_root / self.session_id} cannot be opened: {error}"
+            ) from None
         manifest = read_manifest(self.store.session_dir)
         self.episodes = len(manifest)
         self.transitions = sum(info.steps for info in manifest)
@@ -116,10 +152,6 @@ class Collector:
             transitions=self.transitions,
             fsync=True,
         )
-        self.control = ControlServer(config.control_address, config.telemetry_address)
-        options = config.driver_options() | {"action_space": ActionSpace.joint_velocity.value}
-        self.driver = create_driver(config.robot.backend, options)
-        self.driver.connect()
         watchdog = Watchdog(max_state_age_s=2.0 / config.control_rate_hz) if self.realtime else None
         self.safe = SafeDriver(self.driver, config.safety, config.action_space, watchdog=watchdog)
         self.monitor = ViolationMonitor(config.safety)
@@ -309,32 +341,66 @@ class Collector:
             self.hold_reason = f"no safe reset path ({error}): guide the arm near home by hand, then resume"
             self.store.log_event("reset_refused", message=str(error), fsync=True)
 
-    def _wait_while_held(self) -> bool:
-        """Idle with the arm stopped while paused or held; False if a stop came meanwhile."""
+    def _wait_while_held(self, recorder: EpisodeRecorder | None = None) -> bool:
+        """Idle with the arm stopped while paused or held; False if a stop came meanwhile.
+
+        A hold for free space (``store:``) clears by itself once space is back; a failed write
+        (``disk:``) needs the operator's ``resume``, after which the writes are retried (the
+        episode's unwritten steps, held events) and the hold comes back if they fail again."""
         stopped = False
-        while self.paused or self.hold_reason:
-            if not stopped:
-                self.safe.stop()
-                stopped = True
-            self.state_name = "held" if self.hold_reason else "paused"
-            self._poll()
-            if self.stop_requested:
-                return False
-            if self.hold_reason and self.hold_reason.startswith("store:") and not self.store.health().hold:
-                self.hold_reason = None  # the writer caught up / space was freed
-            time.sleep(0.02)
+        while True:
+            while self.paused or self.hold_reason:
+                if not stopped:
+                    with contextlib.suppress(DriverFault):
+                        self.safe.stop()
+                    stopped = True
+                self.state_name = "held" if self.hold_reason else "paused"
+                self._poll()
+                if self.stop_requested:
+                    return False
+                if self.hold_reason and self.hold_reason.startswith("store:") and not self.store.health().hold:
+                    self.hold_reason = None  # the writer caught up / space was freed
+                time.sleep(0.02)
+            failed = self._retry_writes(recorder)
+            if failed is None:
+                break
+            self._hold_for_disk(*failed)
         if stopped:
             self.safe.filter.notify_stopped()
         return True
+
+    def _retry_writes(self, recorder: EpisodeRecorder | None) -> tuple[str, OSError] | None:
+        """Retry what a full disk left unwritten; (what, error) when it still fails."""
+        if not self.store.retry_events():
+            return "writing events.jsonl", OSError(errno.ENOSPC, self.store.health().reason)
+        if recorder is not None and recorder.write_error is not None:
+            try:
+                recorder.flush(timeout=30.0)
+            except (StoreWriteError, TimeoutError) as error:
+                return f"recording episode {recorder.index}", error
+        return None
+
+    def _hold_for_disk(self, what: str, error: OSError) -> None:
+        """A write failed (ENOSPC, EIO, ...): stop the arm and hold until the operator resumes.
+        Nothing is lost: unwritten steps stay in memory, flushed ones in the `.partial`."""
+        with contextlib.suppress(DriverFault):
+            self.safe.stop()
+        why = getattr(error, "strerror", None) or str(error)
+        self.hold_reason = f"disk: {what} failed: {why}; free space on {self.config.data_root}, then resume"
+        self.store.log_event("store_error", reason=self.hold_reason, fsync=True)
 
     def run_episode(self) -> EpisodeResult:
         """Record one episode, then let the explorer learn and reset the arm."""
         explorer, safe = self.explorer, self.safe
         explorer_info = explorer.begin_episode()
-        recorder = self.store.begin_episode(
-            {"explorer": self.config.explorer.name, **explorer_info},
-            seeds={"session": self.config.seed, "episode_index": self.store.next_index},
-        )
+        try:
+            recorder = self.store.begin_episode(
+                {"explorer": self.config.explorer.name, **explorer_info},
+                seeds={"session": self.config.seed, "episode_index": self.store.next_index},
+            )
+        except OSError as error:  # StoreWriteError, or the index file: no room for a new episode
+            self._hold_for_disk(f"starting episode {self.store.next_index}", error)
+            return EpisodeResult(-1, 0, "not_started")
         self.episode_index, self.episode_step = recorder.index, 0
         self.state_name = "running"
         observations, loop_periods, counts = [], [], collections.Counter()
@@ -357,7 +423,7 @@ class Collector:
                     self._estop_now()
                     break
                 if self.paused or self.hold_reason:
-                    if not self._wait_while_held():
+                    if not self._wait_while_held(recorder):
                         outcome = "operator_stop"  # stopped while paused: the episode ends here
                         break
                     state = safe.read_state()
@@ -366,10 +432,21 @@ class Collector:
                 action = np.asarray(explorer.act(observation), dtype=np.float64)
                 command, events = safe.act(state, action, deadline=next_deadline if self.realtime else None)
                 observations.append(observation)
-                if not recorder.append(self._step_record(state, action, command.values, len(events))):
-                    self.safe.stop()
-                    self.hold_reason = "store: " + self.store.health().reason
-                    self.store.log_event("store_hold", reason=self.hold_reason, fsync=True)
+                try:
+                    healthy = recorder.append(self._step_record(state, action, command.values, len(events)))
+                except StoreWriteError as error:  # the step is kept in memory; the chunk is retried
+                    self._hold_for_disk(f"recording episode {recorder.index}", error)
+                    healthy = True
+                if not healthy:
+                    health = self.store.health()
+                    if health.state == "error":
+                        self._hold_for_disk(
+                            f"recording episode {recorder.index}", health.error or OSError(health.reason)
+                        )
+                    else:
+                        self.safe.stop()
+                        self.hold_reason = "store: " + health.reason
+                        self.store.log_event("store_hold", reason=self.hold_reason, fsync=True)
                 self._count_events(events, counts)
                 self.episode_step = step + 1
                 state = safe.read_state()
@@ -435,8 +512,12 @@ class Collector:
             "realtime": self.realtime,
         }
         steps = recorder.steps
-        info = recorder.finish(outcome, {"timing": timing, "safety_event_counts": dict(counts)})
         index = recorder.index
+        finished, info = self._finish(recorder, outcome, {"timing": timing, "safety_event_counts": dict(counts)})
+        if not finished:  # stopped while the disk was full: the .partial is salvaged by the next start
+            recorder.abandon()
+            self.needs_reset = True
+            return EpisodeResult(index, steps, "unfinished")
         if info is not None:
             self.episodes += 1
             self.transitions += steps
@@ -446,15 +527,38 @@ class Collector:
         started = time.monotonic()
         stats = self.explorer.train(self.store)
         train_s = time.monotonic() - started
-        atomic_write_bytes(
-            self.store.session_dir / CHECKPOINT_PATH,
-            pickle.dumps({"explorer": self.explorer.state_dict(), "after_episode": index}),
-        )
+        self._save_checkpoint(index)
         self.store.log_event(
             "episode_end", episode=index, steps=steps, outcome=outcome, train_s=round(train_s, 4), **stats
         )
         self.needs_reset = True
         return EpisodeResult(index, steps, outcome)
+
+    def _finish(self, recorder: EpisodeRecorder, outcome: str, metadata: dict) -> tuple[bool, Any]:
+        """Finish the episode, holding (arm stopped) and retrying after ``resume`` while the disk
+        refuses; (False, None) when a stop came while held."""
+        while True:
+            try:
+                return True, recorder.finish(outcome, metadata)
+            except StoreWriteError as error:
+                self._hold_for_disk(f"finishing episode {recorder.index}", error)
+                if not self._wait_while_held():
+                    return False, None
+
+    def _save_checkpoint(self, after_episode: int) -> None:
+        """Replace the explorer checkpoint atomically, holding and retrying while the disk refuses
+        (on a stop meanwhile the previous checkpoint stays, whole)."""
+        while True:
+            try:
+                atomic_write_bytes(
+                    self.store.session_dir / CHECKPOINT_PATH,
+                    pickle.dumps({"explorer": self.explorer.state_dict(), "after_episode": after_episode}),
+                )
+                return
+            except OSError as error:
+                self._hold_for_disk("saving the explorer checkpoint", error)
+                if not self._wait_while_held():
+                    return
 
     def _close(self) -> None:
         if self.safe is not None:

@@ -37,9 +37,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from collector.store import atomic_write_bytes, atomic_write_text
+from safety.strict_model import StrictModel
 
 CHECKPOINT_FORMAT = "pandalab-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -77,10 +78,10 @@ def default_reward_scale(returns: np.ndarray) -> float:
     return 1000.0 / spread if spread > 1e-6 else 1.0
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(StrictModel):
     """Everything that defines a training run (saved as config.json in the run directory)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
     data: list[str] = Field(..., min_length=1, description="Session directories or data roots holding them.")
     task: str = Field("reach:0", description="Task to relabel the data for and evaluate (sim.tasks.make_task).")

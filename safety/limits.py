@@ -29,7 +29,9 @@ leaves no room to move.
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+
+from safety.strict_model import StrictModel
 
 Vec7 = tuple[float, float, float, float, float, float, float]
 Vec3 = tuple[float, float, float]
@@ -50,12 +52,12 @@ SIM_TABLE_TOP_Z = -0.112
 because safety/ imports nothing of ours)."""
 
 
-class SafetyLimits(BaseModel):
+class SafetyLimits(StrictModel):
     """Every limit the safety layer enforces; see the module docstring for where the defaults
     come from.  Arrays derived from the fields (operating joint limits, the tool-tip box) are
     available as properties."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True)
 
     q_min: Vec7 = Field(FRANKA_Q_MIN, description="Hardware lower joint position limits, rad (Franka: Panda).")
     q_max: Vec7 = Field(FRANKA_Q_MAX, description="Hardware upper joint position limits, rad (Franka: Panda).")

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from robot_drivers.types import ActionSpace
+from safety.strict_model import StrictModel
 from sim.scene import CAMERAS
 
 
-class CameraConfig(BaseModel):
+class CameraConfig(StrictModel):
     """One camera to render at every state read."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field("front", description=f"Scene camera to render; one of {sorted(CAMERAS)}.")
     width: int = Field(84, gt=0, le=2048, description="Image width, pixels.")
@@ -27,7 +26,7 @@ class CameraConfig(BaseModel):
         return name
 
 
-class SimConfig(BaseModel):
+class SimConfig(StrictModel):
     """A simulated Panda + table + cube scene (seed 003), driven by one of two physics backends."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -27,13 +27,13 @@ import os
 import tempfile
 
 import numpy as np
-import pybullet
 import pybullet_data
 
 from robot_drivers.base import DriverFault, FaultReason
 from robot_drivers.types import NUM_JOINTS
 from sim.base import SimPandaDriver
 from sim.config import CameraConfig
+from sim.quiet_pybullet import pybullet
 from sim.scene import (
     CAMERAS,
     CUBE_EDGE,

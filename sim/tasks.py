@@ -27,17 +27,16 @@ import abc
 from collections.abc import Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from safety.strict_model import StrictModel
 from sim.scene import CUBE_FACE_COLOURS
 
 States = Mapping[str, np.ndarray]
 
 
-class TaskParameters(BaseModel):
+class TaskParameters(StrictModel):
     """Parameters of every task, with the papers' defaults."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     reach_goals: tuple[tuple[float, float, float], ...] = Field(
         ((0.60, 0.20, 0.05), (0.60, -0.20, 0.05), (0.35, 0.25, 0.25), (0.35, -0.25, 0.25)),

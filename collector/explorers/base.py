@@ -14,7 +14,8 @@ import importlib
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+
+from safety.strict_model import StrictModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +54,8 @@ class ExplorerSpec:
         return np.clip((np.asarray(observation, dtype=np.float64) - centre) / half_range, -1.0, 1.0)
 
 
-class ExplorerConfig(BaseModel):
-    """Base of every explorer's configuration."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class ExplorerConfig(StrictModel):
+    """Base of every explorer's configuration (unknown keys refused, numbers finite)."""
 
 
 class Explorer(abc.ABC):

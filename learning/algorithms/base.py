@@ -22,13 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+
+from safety.strict_model import StrictModel
 
 
-class AlgorithmConfig(BaseModel):
+class AlgorithmConfig(StrictModel):
     """Base of every algorithm's hyper-parameters (defaults from ALGORITHMS.md)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclasses.dataclass(frozen=True)
