@@ -43,6 +43,12 @@ def _add_collect(subparsers: argparse._SubParsersAction) -> None:
     collect.add_argument("--config", required=True, help="session YAML file (see configs/)")
     collect.add_argument("--detach", action="store_true", help="run as a background daemon writing a log file")
     collect.add_argument("--log", help="log file of the detached daemon (default: <data_root>/<session>.log)")
+    collect.add_argument(
+        "--start-timeout",
+        type=float,
+        default=120.0,
+        help="--detach: seconds to wait for the daemon to be collecting (default 120)",
+    )
     collect.set_defaults(handler=_run_collect)
 
 
@@ -80,12 +86,18 @@ def _run_collect(args: argparse.Namespace) -> int:
 
 
 def _detach(args: argparse.Namespace, config) -> int:
+    """Start the daemon in the background and wait until it is collecting (it answers ``status``
+    with its own pid) or has failed (then its one-line reason and exit code are passed on)."""
     import pathlib
     import subprocess
+    import time
+
+    from collector.control import send_request
 
     session = config.session_id or "session"
     log_path = pathlib.Path(args.log or config.data_root / f"{session}.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    start_offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "collector.cli", "collect", "--config", args.config],
@@ -94,9 +106,38 @@ def _detach(args: argparse.Namespace, config) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    print(f"collector started: pid {process.pid}, log {log_path}, control {config.control_address}")
+    deadline = time.monotonic() + args.start_timeout
+    while True:
+        code = process.poll()
+        if code is not None:
+            reason = _last_line(log_path, start_offset) or "no output"
+            print(f"collector failed to start (exit {code}): {reason} [log {log_path}]", file=sys.stderr)
+            return code or 1
+        try:
+            status = send_request(config.control_address, "status", timeout_s=0.5)
+        except TimeoutError:
+            status = {}
+        if status.get("pid") == process.pid and status.get("state") not in (None, "starting"):
+            break
+        if time.monotonic() > deadline:
+            print(
+                f"collector pid {process.pid} did not answer on {config.control_address} within "
+                f"{args.start_timeout:.0f} s; it is still running: see {log_path}",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(0.2)
+    print(f"collector started: pid {process.pid}, {status['state']}, log {log_path}, control {config.control_address}")
     print(f"watch it with: pandalab ctl status --address {config.control_address}")
     return 0
+
+
+def _last_line(path, offset: int) -> str:
+    """The last non-empty line written to ``path`` after ``offset`` (a failed daemon's reason)."""
+    with open(path, "rb") as log:
+        log.seek(offset)
+        lines = [line.strip() for line in log.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def _add_ctl(subparsers: argparse._SubParsersAction) -> None:

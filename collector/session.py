@@ -24,6 +24,7 @@ import collections
 import contextlib
 import dataclasses
 import errno
+import os
 import pathlib
 import pickle
 import signal
@@ -213,6 +214,7 @@ class Collector:
         target = self.config.stop
         return {
             "session": self.session_id,
+            "pid": os.getpid(),
             "state": self.state_name,
             "paused": self.paused,
             "hold_reason": self.hold_reason,

@@ -237,3 +237,20 @@ def test_configs_that_used_to_be_accepted_are_refused_before_anything_exists(tmp
     assert all(line.startswith(str(config)) for line in output.splitlines() if line.strip()), output
     assert not (tmp_path / "data").exists()
     shutil.rmtree(tmp_path / "data", ignore_errors=True)
+
+
+def test_detach_reports_a_daemon_that_failed_to_start_with_its_reason_and_code(daemon):
+    _, _, tmp_path = daemon
+    other = tmp_path / "detached"
+    other.mkdir(exist_ok=True)
+    config = write_config(
+        other,
+        data_root=str(tmp_path / "data"),
+        control_address=f"ipc://{other}/control",
+        telemetry_address=f"ipc://{other}/telemetry",
+    )
+    launcher = pandalab("collect", "--config", str(config), "--detach", "--log", str(other / "collector.log"))
+    output = launcher.communicate(timeout=120)[0]
+    assert launcher.returncode == 3, output
+    assert "collector failed to start (exit 3)" in output and "session e2e is already open" in output
+    assert "collector started" not in output
