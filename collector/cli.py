@@ -160,8 +160,15 @@ def _run_ctl(args: argparse.Namespace) -> int:
         config = _load_config_or_exit(args.config)
         control, telemetry = config.control_address, config.telemetry_address
     else:
+        from collector.config import check_zmq_address
+
         control = args.address or "tcp://127.0.0.1:5555"
         telemetry = args.address or "tcp://127.0.0.1:5556"
+        try:
+            check_zmq_address(control)
+        except ValueError as error:
+            print(f"pandalab ctl: --address {error}", file=sys.stderr)
+            return EXIT_CONFIG
     try:
         if args.command == "watch":
             while True:
@@ -299,7 +306,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pandalab", description="Robot-lab data collection for the Franka Panda.")
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="tool", required=True)
     _add_collect(subparsers)
     _add_ctl(subparsers)
     _add_data(subparsers)
@@ -332,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             where = f" (traceback in {report.name})"
         except OSError:
             where = ""
-        print(f"pandalab {args.command}: unexpected error: {summary}{where}", file=sys.stderr)
+        print(f"pandalab {args.tool}: unexpected error: {summary}{where}", file=sys.stderr)
         return 1
 
 

@@ -227,7 +227,7 @@ def send_request(address: str, command: str, timeout_s: float = 3.0, **fields: A
         socket.send(json.dumps({"command": command, **fields}).encode())
         return json.loads(socket.recv())
     except zmq.Again:
-        raise TimeoutError(f"no collector answered at {address} within {timeout_s:.0f} s") from None
+        raise TimeoutError(f"no collector answered at {address} within {timeout_s:g} s") from None
     finally:
         socket.close(0)
 
@@ -244,6 +244,6 @@ def subscribe_telemetry(address: str, timeout_s: float = 3.0) -> dict[str, Any]:
         message = socket.recv()
         return json.loads(message[len(TELEMETRY_TOPIC) + 1 :])
     except zmq.Again:
-        raise TimeoutError(f"no telemetry from {address} within {timeout_s:.0f} s") from None
+        raise TimeoutError(f"no telemetry from {address} within {timeout_s:g} s") from None
     finally:
         socket.close(0)
