@@ -16,6 +16,7 @@ On disk (one directory per session)::
       episodes/.last_index     highest index ever allocated (so a restart never repeats one)
       explorer/checkpoint.pt   written by the explorer with `atomic_write_bytes`
       events.jsonl             {"time", "iso", "kind", ...} lines (see `SessionStore.log_event`)
+      quarantine/              files a resume could not fully read, moved here, never deleted
       .lock                    flock held by the process that has the session open
 
 Episode file (HDF5): one dataset per step key at its path (`obs/q` -> group `obs`, dataset `q`),
@@ -44,15 +45,36 @@ frames (per-step arrays of at least 4 KiB) are chunked one step per HDF5 chunk.
 The `.partial` is an append-only sequence of framed records (magic, kind, schema version, length,
 CRC-32, payload; `_format.py` documents the bytes): a JSON header record (session, index, seeds,
 metadata, schema version, start time), then chunks of consecutive steps holding the raw array
-bytes of each field (no pickle). A reader takes records up to the first incomplete or corrupt one.
+bytes of each field (no pickle). A strict reader (`scan_partial`, `load_partial`, `finish`) takes
+records up to the first incomplete or corrupt one; salvage reads with resync: past a bad record it
+searches forward for the next record that validates (magic, length, CRC-32, a chunk descriptor
+that parses with the same fields and later steps), so damage costs the chunks it touches, not the
+rest of the file.
 
 Crash guarantees. A crash, kill -9, full disk or driver fault costs at most the steps since the
 last flush (`flush_every_steps`, default 50, or `flush_interval_s`, default 1 s, whichever comes
 first); every finished episode (one whose `finish` returned) is intact and listed, and the next
 `SessionStore.open` salvages the `.partial` of the interrupted one as `crash_salvaged`, lists an
 `.h5` whose manifest line was lost, and continues the numbering without repeating an index.
-Readers (`iter_episodes`, `StepsView`) skip a damaged file with a `DamagedEpisodeWarning`;
-`verify_session` lists damaged, missing, unlisted and partial files.
+
+Salvage never destroys evidence. A `.partial` damaged in the middle (a bad sector, a flipped bit,
+a damaged chunk header, a damaged header record) keeps every intact chunk: the salvaged `.h5`
+holds the intact steps in order, `metadata["salvage"]` lists the `missing_steps` ranges [a, b)
+and the `damaged_bytes` ranges of the original file (plus `header_lost` when record 0 was
+unreadable: metadata and seeds are then empty), and when steps are missing an int64 `step_index`
+array holds each step's original number (`Episode.step_index()`, `Episode.segments()`: learners
+must not build a transition across a gap). A file with any byte that could not be used (the
+original `.partial` once its `.h5` and manifest line are durable, a partial with no readable step,
+a damaged `.h5` missing from the manifest, a leftover that does not match its listed episode) is
+moved into `<session>/quarantine/` (name kept, `<stem>.1<suffix>`... if taken; directories
+fsynced), with a `quarantine` event in events.jsonl and a line in `SessionStore.recovery`. Only
+exact copies are deleted: a `.partial` whose every byte is in its `.h5`, one holding just a valid
+header, temp files of atomic writes.
+
+Readers (`iter_episodes`, `StepsView`) skip a damaged file with a `DamagedEpisodeWarning`, and
+refuse (with a `ManifestWarning`) a manifest entry whose file lies outside the session directory;
+`verify_session` lists damaged, missing, unlisted and partial files, and (for information) the
+quarantined ones.
 
 Back-pressure: `EpisodeRecorder.append` never blocks on the disk and never drops a step. It
 returns False when the store asks the collector to hold (the writer thread is more than
@@ -84,6 +106,7 @@ from ._format import (
     DamagedEpisodeError,
     EpisodeInfo,
     FieldSpec,
+    ManifestPathError,
     PartialScan,
     SessionLocked,
     StepSchemaError,
@@ -121,6 +144,7 @@ __all__ = [
     "EpisodeInfo",
     "EpisodeRecorder",
     "FieldSpec",
+    "ManifestPathError",
     "ManifestWarning",
     "PartialScan",
     "RecoveryReport",

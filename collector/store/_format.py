@@ -18,7 +18,7 @@ import re
 import struct
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,7 @@ EVENTS_NAME = "events.jsonl"
 SESSION_YAML = "session.yaml"
 LOCK_NAME = ".lock"
 INDEX_HWM_NAME = ".last_index"
+QUARANTINE_DIR = "quarantine"
 
 _EPISODE_NAME_RE = re.compile(r"^episode_(\d+)\.(h5|partial|partial\.damaged)$")
 _TEMP_NAME_RE = re.compile(r"^\..+\.tmp$")
@@ -69,6 +70,10 @@ class StoreWriteError(StoreError, OSError):
 
     Raised by `EpisodeRecorder.append` / `finish` after the writer thread hit the error; the steps
     are still held in memory and `finish` retries writing them."""
+
+
+class ManifestPathError(StoreError, ValueError):
+    """A manifest entry whose `file` lies outside its session directory (refused by every reader)."""
 
 
 class SessionLocked(StoreError):
@@ -211,13 +216,22 @@ def atomic_write_text(path: os.PathLike | str, text: str) -> Path:
 
 
 def append_line_durably(path: Path, line: str, *, fsync: bool = True) -> None:
-    """Append one line (a single `write` on an O_APPEND descriptor) and fsync it."""
+    """Append one line (a single `write` on an O_APPEND descriptor) and fsync it.
+
+    All or nothing: when the write fails part-way (ENOSPC), the file is cut back to its length
+    before, so that a retry appends a whole line instead of gluing one onto a torn one."""
     data = (line.rstrip("\n") + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        write_all(fd, [data])
-        if fsync:
-            os.fsync(fd)
+        size = os.fstat(fd).st_size
+        try:
+            write_all(fd, [data])
+            if fsync:
+                os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
     finally:
         os.close(fd)
 
@@ -316,9 +330,23 @@ def flatten_step(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 #     | for each field in order: the raw C-order bytes of its (n, *shape) array
 # `finish` closes the file with an END record (JSON {"outcome", "metadata"}) before converting it,
 # so an episode whose conversion is interrupted is salvaged with its real outcome.
-# A reader stops at the first record that is incomplete, fails its CRC, or does not continue the
-# step sequence (start != steps so far, or fields differ): what comes before is exactly the data
-# that was fsynced, whatever byte a crash cut the file at.
+#
+# Strict reading (the default of `scan_partial` / `load_partial`; what `finish` uses): the reader
+# stops at the first record that is incomplete, fails its CRC, or does not continue the step
+# sequence (start != steps so far, or fields differ): what comes before is exactly the data that
+# was fsynced, whatever byte a crash cut the file at.
+#
+# Reading with resync (`resync=True`; what salvage on `SessionStore.open` uses): after a bad record
+# the reader searches forward, byte by byte, for the next RECORD_MAGIC that starts a record which
+# validates (complete, CRC ok, a known kind; for a chunk: its descriptor parses, its fields equal
+# the earlier chunks' fields and its steps start at or after the steps read so far), and goes on
+# from there, so a damaged byte costs the record that holds it, not the rest of the file. Chunk
+# descriptors carry their `start` step, so the steps lost between two intact chunks are known
+# exactly (`PartialScan.missing_steps`); the skipped byte ranges are `PartialScan.damaged`. A
+# damaged header record (record 0) costs the metadata and seeds, not the chunks after it
+# (`PartialScan.header_lost`). Nothing is accepted after an END record. A false match (bytes that
+# happen to form a valid record) needs the magic, a plausible length and a matching CRC-32 (a
+# 2**-32 chance for each candidate with the magic).
 
 RECORD_MAGIC = b"PLEP"
 REC_HEADER = 1
@@ -327,6 +355,12 @@ REC_END = 3
 _REC = struct.Struct("<4sBBHQI")
 _U32 = struct.Struct("<I")
 _MAX_JSON = 64 << 20
+_FIND_BLOCK = 4 << 20
+
+STEP_INDEX_KEY = "step_index"
+"""Per-step int64 array (the original step number) that a salvaged episode holds only when steps
+are missing from it (see `PartialScan.missing_steps`); its actual key (another if a field already
+uses this one) is `metadata["salvage"]["step_index_key"]`."""
 
 
 def record_pieces(kind: int, payload_pieces: Sequence[bytes | memoryview]) -> list[bytes | memoryview]:
@@ -361,12 +395,17 @@ def chunk_record(start: int, n: int, fields: Sequence[FieldSpec], buffers: Mappi
 
 @dataclasses.dataclass
 class PartialScan:
-    """What a `.partial` holds, up to its first bad record.
+    """What a `.partial` holds: its valid records, and (strict) up to where or (resync) around what
+    it could not be read.
 
-    `chunks` are (start, n, offset of the first array byte in the file) of the valid chunk
-    records; `record_ends[i]` is the file offset just past chunk i; `end` is the END record
-    ({"outcome", "metadata"}) when `finish` got that far. `problem` says why reading stopped early
-    (None when the whole file was valid)."""
+    `chunks` are (start step, n, offset of the first array byte in the file) of the valid chunk
+    records, in file order (starts increasing); `record_ends[i]` is the file offset just past chunk
+    i; `end` is the END record ({"outcome", "metadata"}) when `finish` got that far. `valid_bytes`
+    counts the bytes of the accepted records (strict: the valid prefix), `damaged` lists the byte
+    ranges [a, b) that are not part of any (a torn tail included), `missing_steps` the step ranges
+    [a, b) absent before or between the chunks (only with resync; the steps after the last chunk
+    are not known). `problem` says why reading stopped early or, with resync, the first thing that
+    was wrong (None when the whole file was valid); `problems` lists them all."""
 
     path: Path
     file_bytes: int
@@ -377,112 +416,180 @@ class PartialScan:
     valid_bytes: int = 0
     problem: str | None = None
     end: dict | None = None
+    resync: bool = False
+    problems: list[str] = dataclasses.field(default_factory=list)
+    damaged: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    missing_steps: list[tuple[int, int]] = dataclasses.field(default_factory=list)
 
     @property
     def steps(self) -> int:
+        """Steps held (with gaps: fewer than the last chunk's end)."""
         return sum(n for _, n, _ in self.chunks)
 
     @property
     def discarded_bytes(self) -> int:
         return self.file_bytes - self.valid_bytes
 
+    @property
+    def header_lost(self) -> bool:
+        """The header record is unreadable but records after it were read (resync only)."""
+        return self.header is None and self.valid_bytes > 0
 
-def _scan_buffer(buf, path: Path) -> PartialScan:
+    def step_index(self) -> np.ndarray:
+        """The original step number of each step held, in order (0..steps-1 when nothing is missing)."""
+        if not self.chunks:
+            return np.zeros(0, np.int64)
+        return np.concatenate([np.arange(s, s + n, dtype=np.int64) for s, n, _ in self.chunks])
+
+
+class _BadRecord(Exception):
+    pass
+
+
+def _frame_at(buf, pos: int, size: int) -> tuple[int, int, int]:
+    """(kind, payload start, record end) of the record at `pos` if its frame is complete and its CRC
+    matches; raises _BadRecord saying what is wrong."""
+    if size - pos < _REC.size:
+        raise _BadRecord(f"incomplete record header at byte {pos}")
+    magic, kind, _version, _res, length, crc = _REC.unpack_from(buf, pos)
+    if magic != RECORD_MAGIC:
+        raise _BadRecord(f"bad record magic at byte {pos}")
+    body = pos + _REC.size
+    if length > size - body:
+        raise _BadRecord(f"record at byte {pos} is incomplete ({size - body} of {length} payload bytes)")
+    c = zlib.crc32(buf[pos + 4 : pos + 16])
+    c = zlib.crc32(buf[body : body + length], c) & 0xFFFFFFFF
+    if c != crc:
+        raise _BadRecord(f"CRC mismatch in record at byte {pos}")
+    return kind, body, body + length
+
+
+def _accept_record(scan: PartialScan, buf, pos: int, kind: int, body: int, end: int, steps: int) -> int:
+    """Check a framed record against what was read before it and add it to `scan`; returns the step
+    count after it (the next expected start). Raises _BadRecord (and changes nothing) if it does not fit."""
+    if kind == REC_HEADER and scan.header is None and not scan.chunks and scan.end is None:
+        try:
+            header = json.loads(bytes(buf[body:end]).decode("utf-8"))
+            if not isinstance(header, dict):
+                raise ValueError("header is not a JSON object")
+        except ValueError as e:
+            raise _BadRecord(f"unreadable episode header: {e}") from None
+        scan.header = header
+        return steps
+    if scan.header is None and not scan.resync:
+        raise _BadRecord("first record is not an episode header")
+    if scan.end is not None:
+        raise _BadRecord(f"record after the END record at byte {pos}")
+    if kind == REC_END:
+        try:
+            end_rec = json.loads(bytes(buf[body:end]).decode("utf-8"))
+            if end_rec.get("outcome") not in FINISH_OUTCOMES or not isinstance(end_rec.get("metadata"), dict):
+                raise ValueError("bad outcome or metadata")
+        except (ValueError, AttributeError) as e:
+            raise _BadRecord(f"unreadable END record at byte {pos}: {e}") from None
+        scan.end = end_rec
+        return steps
+    if kind != REC_CHUNK:
+        raise _BadRecord(f"unexpected record kind {kind} at byte {pos}")
+    try:
+        (dlen,) = _U32.unpack_from(buf, body)
+        if dlen > min(end - body - 4, _MAX_JSON):
+            raise ValueError("descriptor longer than its record")
+        desc = json.loads(bytes(buf[body + 4 : body + 4 + dlen]).decode("utf-8"))
+        fields = [FieldSpec.from_json(item) for item in desc["fields"]]
+        start, n = int(desc["start"]), int(desc["n"])
+        if n <= 0 or start < steps or (start != steps and not scan.resync):
+            raise ValueError(f"chunk starts at step {start} with {n} steps, expected start {steps}")
+        if scan.fields is not None and fields != scan.fields:
+            raise ValueError("fields differ from the first chunk's")
+        if body + 4 + dlen + n * sum(f.step_nbytes for f in fields) != end:
+            raise ValueError("array bytes do not match the descriptor")
+    except (ValueError, KeyError, TypeError, struct.error) as e:
+        raise _BadRecord(f"bad chunk at byte {pos}: {e}") from None
+    if start > steps:
+        scan.missing_steps.append((steps, start))
+        scan.problems.append(f"steps {steps}..{start - 1} are missing (the chunk at byte {pos} starts at {start})")
+    scan.fields = fields
+    scan.chunks.append((start, n, body + 4 + dlen))
+    scan.record_ends.append(end)
+    return start + n
+
+
+def _find_magic(buf, start: int, size: int) -> int:
+    """Offset of the next RECORD_MAGIC at or after `start`, or -1 (reads `buf` in blocks)."""
+    overlap = len(RECORD_MAGIC) - 1
+    while start < size:
+        stop = min(size, start + _FIND_BLOCK)
+        i = bytes(buf[start:stop]).find(RECORD_MAGIC)
+        if i >= 0:
+            return start + i
+        if stop == size:
+            break
+        start = stop - overlap
+    return -1
+
+
+def _scan_buffer(buf, path: Path, resync: bool = False) -> PartialScan:
     size = len(buf)
-    scan = PartialScan(path=path, file_bytes=size)
+    scan = PartialScan(path=path, file_bytes=size, resync=resync)
     pos = 0
     steps = 0
-    while True:
-        if pos == size:
-            break
-        if size - pos < _REC.size:
-            scan.problem = f"incomplete record header at byte {pos}"
-            break
-        magic, kind, _version, _res, length, crc = _REC.unpack_from(buf, pos)
-        if magic != RECORD_MAGIC:
-            scan.problem = f"bad record magic at byte {pos}"
-            break
-        body = pos + _REC.size
-        if length > size - body:
-            scan.problem = f"record at byte {pos} is incomplete ({size - body} of {length} payload bytes)"
-            break
-        c = zlib.crc32(buf[pos + 4 : pos + 16])
-        c = zlib.crc32(buf[body : body + length], c) & 0xFFFFFFFF
-        if c != crc:
-            scan.problem = f"CRC mismatch in record at byte {pos}"
-            break
-        end = body + length
-        if scan.header is None:
-            if kind != REC_HEADER:
-                scan.problem = "first record is not an episode header"
+    bad_from: int | None = None  # resync: start of the run of bytes being skipped
+    while pos < size:
+        try:
+            kind, body, end = _frame_at(buf, pos, size)
+            steps = _accept_record(scan, buf, pos, kind, body, end, steps)
+        except _BadRecord as e:
+            if not resync:
+                scan.problem = str(e)
                 break
-            try:
-                header = json.loads(bytes(buf[body:end]).decode("utf-8"))
-                if not isinstance(header, dict):
-                    raise ValueError("header is not a JSON object")
-            except ValueError as e:
-                scan.problem = f"unreadable episode header: {e}"
-                break
-            scan.header = header
-        elif scan.end is not None:
-            scan.problem = f"record after the END record at byte {pos}"
-            break
-        elif kind == REC_END:
-            try:
-                end_rec = json.loads(bytes(buf[body:end]).decode("utf-8"))
-                if end_rec.get("outcome") not in FINISH_OUTCOMES or not isinstance(end_rec.get("metadata"), dict):
-                    raise ValueError("bad outcome or metadata")
-            except (ValueError, AttributeError) as e:
-                scan.problem = f"unreadable END record at byte {pos}: {e}"
-                break
-            scan.end = end_rec
-        else:
-            if kind != REC_CHUNK:
-                scan.problem = f"unexpected record kind {kind} at byte {pos}"
-                break
-            try:
-                (dlen,) = _U32.unpack_from(buf, body)
-                if dlen > min(length - 4, _MAX_JSON):
-                    raise ValueError("descriptor longer than its record")
-                desc = json.loads(bytes(buf[body + 4 : body + 4 + dlen]).decode("utf-8"))
-                fields = [FieldSpec.from_json(item) for item in desc["fields"]]
-                start, n = int(desc["start"]), int(desc["n"])
-                if n <= 0 or start != steps:
-                    raise ValueError(f"chunk starts at step {start} with {n} steps, expected start {steps}")
-                if scan.fields is not None and fields != scan.fields:
-                    raise ValueError("fields differ from the first chunk's")
-                if body + 4 + dlen + n * sum(f.step_nbytes for f in fields) != end:
-                    raise ValueError("array bytes do not match the descriptor")
-            except (ValueError, KeyError, TypeError, struct.error) as e:
-                scan.problem = f"bad chunk at byte {pos}: {e}"
-                break
-            scan.fields = fields
-            scan.chunks.append((start, n, body + 4 + dlen))
-            scan.record_ends.append(end)
-            steps += n
+            if bad_from is None:
+                bad_from = pos
+                scan.problems.append(str(e))
+            nxt = _find_magic(buf, pos + 1, size)
+            pos = size if nxt < 0 else nxt
+            continue
+        if bad_from is not None:
+            scan.damaged.append((bad_from, pos))
+            scan.problems.append(f"skipped {pos - bad_from} damaged bytes {bad_from}..{pos - 1}")
+            bad_from = None
+        scan.valid_bytes += end - pos
         pos = end
-        scan.valid_bytes = pos
+    if resync:
+        if bad_from is not None:
+            scan.damaged.append((bad_from, size))
+        scan.problem = scan.problems[0] if scan.problems else None
+    else:
+        if scan.problem is not None:
+            scan.problems.append(scan.problem)
+        if scan.valid_bytes < size:
+            scan.damaged.append((scan.valid_bytes, size))
     return scan
 
 
 @contextlib.contextmanager
-def open_partial(path: os.PathLike | str):
-    """Yield (scan, buffer) for a `.partial`. The buffer is a read-only memoryview of an mmap of the
-    file; arrays made from it (`chunk_arrays`) keep it alive, and it is unmapped when the last of
-    them is garbage collected (an unlinked file stays readable meanwhile)."""
+def open_partial(path: os.PathLike | str, *, resync: bool = False):
+    """Yield (scan, buffer) for a `.partial` (`resync`: see `scan_partial`). The buffer is a
+    read-only memoryview of an mmap of the file; arrays made from it (`chunk_arrays`) keep it
+    alive, and it is unmapped when the last of them is garbage collected (an unlinked or moved
+    file stays readable meanwhile)."""
     path = Path(path)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
-            yield _scan_buffer(b"", path), b""
+            yield _scan_buffer(b"", path, resync), b""
             return
         view = memoryview(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ))
-    yield _scan_buffer(view, path), view
+    yield _scan_buffer(view, path, resync), view
 
 
-def scan_partial(path: os.PathLike | str) -> PartialScan:
-    """Validate a `.partial` and say what it holds (no array data is loaded)."""
-    with open_partial(path) as (scan, _):
+def scan_partial(path: os.PathLike | str, *, resync: bool = False) -> PartialScan:
+    """Validate a `.partial` and say what it holds (no array data is loaded).
+
+    Strict by default: the valid records up to the first bad one (what a crash leaves is exactly
+    the fsynced prefix). `resync=True` also searches past damage for the records after it (the
+    record-format comment in `_format.py`); then chunks may have gaps (`missing_steps`)."""
+    with open_partial(path, resync=resync) as (scan, _):
         return scan
 
 
@@ -497,16 +604,32 @@ def chunk_arrays(scan: PartialScan, buf, chunk: int) -> dict[str, np.ndarray]:
     return out
 
 
-def load_partial(path: os.PathLike | str) -> tuple[PartialScan, dict[str, np.ndarray]]:
-    """Every valid step of a `.partial` as whole arrays (key -> (steps, *shape)), copied into memory."""
-    with open_partial(path) as (scan, buf):
+def load_partial(path: os.PathLike | str, *, resync: bool = False) -> tuple[PartialScan, dict[str, np.ndarray]]:
+    """Every valid step of a `.partial` as whole arrays (key -> (steps, *shape)), copied into memory.
+
+    With `resync=True` steps may be missing between chunks: the arrays hold the steps found, in
+    order, and `scan.step_index()` gives their original step numbers."""
+    with open_partial(path, resync=resync) as (scan, buf):
         fields = scan.fields or []
         out = {f.key: np.empty((scan.steps, *f.shape), f.dtype) for f in fields}
+        row = 0
         for i in range(len(scan.chunks)):
-            start, n, _ = scan.chunks[i]
+            n = scan.chunks[i][1]
             for key, arr in chunk_arrays(scan, buf, i).items():
-                out[key][start : start + n] = arr
+                out[key][row : row + n] = arr
+            row += n
         return scan, out
+
+
+def step_index_key(fields: Sequence[FieldSpec]) -> str:
+    """A key for the `step_index` array that no field uses and that is no group of one (nor under one)."""
+    keys = {f.key for f in fields}
+    k = 0
+    while True:
+        cand = STEP_INDEX_KEY if k == 0 else f"{STEP_INDEX_KEY}_{k}"
+        if not any(key == cand or key.startswith(cand + "/") or cand.startswith(key + "/") for key in keys):
+            return cand
+        k += 1
 
 
 # ------------------------------------------------------------------------------ the episode file
@@ -524,6 +647,7 @@ def write_episode_h5(
     seeds: Any,
     started_at: str | None,
     compression: str | None = None,
+    step_index_key: str | None = None,
 ) -> str:
     """Write the steps of a scanned `.partial` as an episode HDF5 file at `tmp_path`, fsynced; return
     its sha256. Episodes up to IN_MEMORY_MAX_BYTES are built in memory (HDF5 core driver) and
@@ -535,11 +659,17 @@ def write_episode_h5(
     with `compression`, arrays of at least IMAGE_CHUNK_MIN_BYTES per step (frames) are chunked
     one step per chunk and compressed. Root
     attributes: format, schema_version, session_id, index, outcome, steps, fields (JSON list of
-    [key, dtype, shape]), seeds (JSON), metadata (JSON), started_at, finished_at (ISO 8601 UTC)."""
+    [key, dtype, shape]), seeds (JSON), metadata (JSON), started_at, finished_at (ISO 8601 UTC).
+
+    The chunks' steps are stored one after the other, in order. With `step_index_key` (a salvage
+    whose `scan` has gaps) an int64 array of that key holds each step's original step number, and
+    is listed in `fields` like the others."""
     import h5py  # imported here so that `import collector.store` stays light
 
-    fields = scan.fields or []
+    fields = list(scan.fields or [])
     steps = scan.steps
+    if step_index_key is not None:
+        fields = sorted([*fields, FieldSpec(step_index_key, np.dtype(np.int64), ())], key=lambda spec: spec.key)
     in_memory = steps * sum(f.step_nbytes for f in fields) <= IN_MEMORY_MAX_BYTES
     if in_memory:
         f = h5py.File(f"{tmp_path}.mem", "w", driver="core", backing_store=False, libver=("v108", "v110"))
@@ -553,11 +683,15 @@ def write_episode_h5(
                 kwargs["chunks"] = (1, *spec.shape)
                 kwargs["compression"] = compression
             dsets[spec.key] = f.create_dataset(spec.key, shape=(steps, *spec.shape), dtype=spec.dtype, **kwargs)
+        row = 0
         for i in range(len(scan.chunks)):
-            start, n, _ = scan.chunks[i]
+            n = scan.chunks[i][1]
             for key, arr in chunk_arrays(scan, buf, i).items():
                 if arr.size:
-                    dsets[key][start : start + n] = arr
+                    dsets[key][row : row + n] = arr
+            row += n
+        if step_index_key is not None and steps:
+            dsets[step_index_key][:] = scan.step_index()
         a = f.attrs
         a["format"] = EPISODE_FORMAT
         a["schema_version"] = SCHEMA_VERSION
@@ -591,6 +725,17 @@ def write_episode_h5(
 # -------------------------------------------------------------------------------------- manifest
 
 
+def check_entry_file(file: str) -> str:
+    """A manifest entry's `file`: a relative path that stays inside the session directory (no
+    absolute path, no '..' part, not empty). Raises ValueError naming the path otherwise."""
+    if not isinstance(file, str) or not file or "\x00" in file:
+        raise ManifestPathError(f"file {file!r} is not a path inside the session directory")
+    p = PurePosixPath(file)
+    if p.is_absolute() or file.startswith("/") or ".." in p.parts or not p.parts or p.parts == (".",):
+        raise ManifestPathError(f"file {file!r} lies outside the session directory")
+    return file
+
+
 @dataclasses.dataclass(frozen=True)
 class EpisodeInfo:
     """One finished episode, as its `manifest.jsonl` line records it.
@@ -608,6 +753,9 @@ class EpisodeInfo:
     session_id: str
     session_dir: Path | None = dataclasses.field(default=None, compare=False)
 
+    def __post_init__(self) -> None:
+        check_entry_file(self.file)
+
     @property
     def path(self) -> Path:
         return (self.session_dir / self.file) if self.session_dir is not None else Path(self.file)
@@ -619,6 +767,14 @@ class EpisodeInfo:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], session_dir: Path | None = None) -> EpisodeInfo:
+        """Raises ValueError for a line that lacks or mistypes a field, has an unknown outcome, or
+        names a file outside the session directory (absolute, or with a '..' part: then
+        `ManifestPathError`, a ValueError)."""
+        if isinstance(d, Mapping) and isinstance(d.get("file"), str):
+            try:
+                check_entry_file(d["file"])
+            except ManifestPathError as e:
+                raise ManifestPathError(f"refused the entry for episode {d.get('index')!r}: {e}") from None
         try:
             info = cls(
                 index=int(d["index"]),

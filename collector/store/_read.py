@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import os
 import warnings
@@ -28,7 +29,8 @@ class DamagedEpisodeWarning(UserWarning):
 
 
 class ManifestWarning(UserWarning):
-    """A manifest line could not be read and was skipped."""
+    """A manifest line could not be read, or was refused (its file lies outside the session
+    directory), and was skipped."""
 
 
 def _h5py():
@@ -65,20 +67,36 @@ def read_manifest(session_dir: PathLike) -> list[EpisodeInfo]:
     """The finished episodes listed in `<session_dir>/manifest.jsonl`, by index.
 
     A line that is not valid JSON or lacks a field (a torn last line after a power loss, an edit)
-    is skipped with a `ManifestWarning`; so is a second line for an index already listed."""
+    is skipped with a `ManifestWarning`; so is a second line for an index already listed, and a
+    line whose `file` lies outside the session directory (an absolute path, a '..' part, or a
+    symbolic link leading out): no reader opens a file the session does not hold."""
     sd = Path(session_dir)
     path = sd / F.MANIFEST_NAME
     if not path.exists():
         return []
     out: dict[int, EpisodeInfo] = {}
+    sd_real: Path | None = None
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
             try:
                 info = EpisodeInfo.from_json(json.loads(raw.decode("utf-8")), sd)
+            except F.ManifestPathError as e:
+                warnings.warn(f"{path}:{lineno}: {e}; skipped", ManifestWarning, stacklevel=2)
+                continue
             except (ValueError, UnicodeDecodeError, AttributeError) as e:
                 warnings.warn(f"{path}:{lineno}: skipped unreadable manifest line ({e})", ManifestWarning, stacklevel=2)
+                continue
+            if sd_real is None:
+                sd_real = sd.resolve()
+            if not (sd / info.file).resolve().is_relative_to(sd_real):
+                warnings.warn(
+                    f"{path}:{lineno}: refused the entry for episode {info.index}: file {info.file!r} "
+                    "lies outside the session directory (through a symbolic link); skipped",
+                    ManifestWarning,
+                    stacklevel=2,
+                )
                 continue
             if info.index in out:
                 warnings.warn(f"{path}:{lineno}: skipped duplicate entry for episode {info.index}", ManifestWarning, 2)
@@ -135,6 +153,31 @@ class Episode:
     @property
     def keys(self) -> list[str]:
         return list(self.fields)
+
+    @property
+    def step_index_key(self) -> str | None:
+        """Key of the array of original step numbers, held only by an episode salvaged with steps
+        missing (`metadata["salvage"]["missing_steps"]`); None otherwise."""
+        salvage = self.metadata.get("salvage")
+        key = salvage.get("step_index_key") if isinstance(salvage, dict) else None
+        return key if key in self.fields else None
+
+    def step_index(self) -> np.ndarray:
+        """The original step number of each step held: 0..steps-1, except in an episode salvaged
+        from a damaged `.partial` with steps missing, where the numbers jump over the gaps."""
+        key = self.step_index_key
+        if key is None:
+            return np.arange(self.steps, dtype=np.int64)
+        return np.asarray(self.load(key), dtype=np.int64)
+
+    def segments(self) -> list[tuple[int, int]]:
+        """Row ranges [a, b) of consecutive steps: [(0, steps)] unless steps are missing. A
+        transition (row t -> t + 1) exists only inside a segment, never across a gap."""
+        if self.step_index_key is None:
+            return [(0, self.steps)] if self.steps else []
+        cuts = (np.flatnonzero(np.diff(self.step_index()) != 1) + 1).tolist()
+        bounds = [0, *cuts, self.steps]
+        return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
     def __len__(self) -> int:
         return self.steps
@@ -349,6 +392,8 @@ class VerifyReport:
     unlisted: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     partials: list[str] = dataclasses.field(default_factory=list)
     manifest_problems: list[str] = dataclasses.field(default_factory=list)
+    quarantined: list[str] = dataclasses.field(default_factory=list)
+    """Files a resume moved into `<session>/quarantine/` (informational: kept evidence, not damage)."""
 
     @property
     def clean(self) -> bool:
@@ -365,13 +410,15 @@ class VerifyReport:
         lines += [f"  UNLISTED {f}: {r}" for f, r in self.unlisted]
         lines += [f"  PARTIAL  {f} (an interrupted episode; opening the session salvages it)" for f in self.partials]
         lines += [f"  MANIFEST {p}" for p in self.manifest_problems]
+        lines += [f"  QUARANTINED {f} (kept as evidence by a resume; see events.jsonl)" for f in self.quarantined]
         return "\n".join(lines)
 
 
 def verify_session(session_dir: PathLike, *, deep: bool = True) -> VerifyReport:
     """Check every file of a session: manifest entries against their files (existence, sha256,
     HDF5, schema, attributes; `deep` reads every array), `.h5` files the manifest does not list,
-    `.partial` files waiting for salvage, unreadable manifest lines. Never raises on damage."""
+    `.partial` files waiting for salvage, unreadable or refused manifest lines; lists the files in
+    `quarantine/` (not counted against `clean`). Never raises on damage."""
     sd = Path(session_dir)
     rep = VerifyReport(sd)
     with warnings.catch_warnings(record=True) as caught:
@@ -401,6 +448,9 @@ def verify_session(session_dir: PathLike, *, deep: bool = True) -> VerifyReport:
             parsed = F.parse_episode_name(p.name)
             if parsed and parsed[1].startswith("partial"):
                 rep.partials.append(f"{F.EPISODES_DIR}/{p.name}")
+    q_dir = sd / F.QUARANTINE_DIR
+    if q_dir.is_dir():
+        rep.quarantined.extend(f"{F.QUARANTINE_DIR}/{p.name}" for p in sorted(q_dir.iterdir()))
     return rep
 
 

@@ -40,6 +40,10 @@ DEFAULT_FREE_SPACE_FLOOR = 1 << 30
 DEFAULT_QUEUE_MAX_STEPS = 2000
 DEFAULT_FLUSH_EVERY_STEPS = 50
 DEFAULT_FLUSH_INTERVAL_S = 1.0
+FINISH_OVERHEAD_BYTES = 256 << 10
+"""Room kept beyond an episode's own bytes to finish it: HDF5 structure, attributes, manifest line."""
+MAX_EVENTS_BACKLOG = 10_000
+"""Events held in memory while events.jsonl cannot be written (the oldest are kept first)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,20 +67,28 @@ class StoreHealth:
 
 @dataclasses.dataclass
 class RecoveryReport:
-    """What `SessionStore.open` found and repaired in an existing session directory."""
+    """What `SessionStore.open` found and repaired in an existing session directory.
+
+    `removed` names files deleted because nothing was lost by it (temp files of atomic writes, a
+    `.partial` whose every byte is now in its `.h5`, an empty one); `quarantined` the files moved
+    into `<session>/quarantine/` because some of their bytes could not be read or used:
+    "episodes/x -> quarantine/x (why)"."""
 
     session_dir: Path
     resumed: bool = False
     salvaged: list[EpisodeInfo] = dataclasses.field(default_factory=list)
     relisted: list[EpisodeInfo] = dataclasses.field(default_factory=list)
     removed: list[str] = dataclasses.field(default_factory=list)
+    quarantined: list[str] = dataclasses.field(default_factory=list)
     problems: list[str] = dataclasses.field(default_factory=list)
     config_changed: str | None = None
     next_index: int = 0
 
     @property
     def changed_anything(self) -> bool:
-        return bool(self.salvaged or self.relisted or self.removed or self.problems or self.config_changed)
+        return bool(
+            self.salvaged or self.relisted or self.removed or self.quarantined or self.problems or self.config_changed
+        )
 
     def summary(self) -> str:
         if not self.resumed:
@@ -90,6 +102,8 @@ class RecoveryReport:
             parts.append("added to manifest " + ", ".join(f"episode {i.index}" for i in self.relisted))
         if self.removed:
             parts.append("removed " + ", ".join(self.removed))
+        if self.quarantined:
+            parts.append("quarantined " + ", ".join(self.quarantined))
         if self.config_changed:
             parts.append(f"config differs from session.yaml; new one kept as {self.config_changed}")
         parts.extend(f"PROBLEM: {p}" for p in self.problems)
@@ -118,6 +132,8 @@ class SessionStore:
         self.image_compression = options["image_compression"]
         self._events_lock = threading.Lock()
         self._events_fd: int | None = None
+        self._events_backlog: list[bytes] = []
+        self._events_error: str | None = None
         self._next_index = 0
         self._active: EpisodeRecorder | None = None
         self._free_bytes = F.free_bytes(session_dir)
@@ -143,11 +159,15 @@ class SessionStore:
         Resuming (see `recovery` for the report, also logged as a `store_recovery` event):
         a torn last manifest line is cut off; temp files of interrupted atomic writes are removed;
         an `.h5` missing from the manifest (crash between rename and manifest append) is verified
-        and listed; every `.partial` is salvaged into an `.h5` with outcome `crash_salvaged` holding
-        its steps up to the last complete chunk (or removed if it holds none, or if its `.h5`
-        already exists); numbering continues after the highest index ever allocated, so no index
-        repeats. `session_yaml_text` is written once (atomically); on resume with a different text
-        the original is kept and the new text saved as `session.resume-N.yaml`.
+        and listed (a damaged unlisted `.h5` is quarantined); every `.partial` is salvaged into an
+        `.h5` with outcome `crash_salvaged` holding every intact chunk (found past damage by
+        resynchronising; gaps recorded in `metadata["salvage"]`). Nothing unreadable is deleted: a
+        partial with any byte that could not be used is moved into `<session>/quarantine/` once its
+        `.h5` and manifest line are durable (a `quarantine` event in events.jsonl says so); one
+        fully copied into its `.h5`, or holding only a valid header, is removed. Numbering continues
+        after the highest index ever allocated, so no index repeats. `session_yaml_text` is
+        written once (atomically); on resume with a different text the original is kept and the
+        new text saved as `session.resume-N.yaml`.
 
         `image_compression`: None (default: fastest to write, see benchmarks/store_throughput.py)
         or "lzf" / "gzip" for chunked frames in the episode files."""
@@ -256,36 +276,84 @@ class SessionStore:
                     if ep.index != idx or ep.session_id != self.session_id:
                         raise F.DamagedEpisodeError(path, "index or session id attribute does not match its name")
             except F.DamagedEpisodeError as e:
-                rep.problems.append(f"unlisted {path.name} is damaged, left as is: {e.reason}")
+                # Not listed, so no reader uses it; moved aside (never deleted) so that a .partial of
+                # the same index can still be salvaged.
+                self._quarantine(path, f"unlisted episode file is damaged: {e.reason}", rep)
+                del files["h5"][idx]
                 continue
             info = self._append_manifest(idx, steps, outcome, path)
             rep.relisted.append(info)
             listed_idx.add(idx)
 
-        for idx in sorted(files["partial"]):
-            path = files["partial"][idx]
+        # Interrupted episodes. `.partial.damaged` files (left by earlier versions of this code) are
+        # salvaged like `.partial`s; whatever cannot be read ends in quarantine/, never deleted.
+        pending = [(idx, files["partial"][idx]) for idx in sorted(files["partial"])]
+        pending += [(idx, files["partial.damaged"][idx]) for idx in sorted(files["partial.damaged"])]
+        listed_steps = {e.index: e.steps for e in listed}
+        listed_steps.update((i.index, i.steps) for i in rep.relisted)
+        for idx, path in pending:
             if idx in listed_idx:
-                # finish() crashed after the manifest line: the episode is safe; drop the leftover.
-                path.unlink()
-                rep.removed.append(str(path.relative_to(sd)))
+                self._drop_leftover_partial(path, idx, listed_steps.get(idx), rep)
                 continue
-            if idx in files["h5"]:
-                rep.problems.append(f"{path.name} kept: {F.episode_name(idx)} exists but is damaged")
+            if idx in files["h5"]:  # (an unlisted .h5 is re-listed or quarantined above)
+                rep.problems.append(f"{path.name} kept: {F.episode_name(idx)} exists but is not listed")
                 continue
-            try:
-                info = self._convert_partial(path, idx, "crash_salvaged", None, salvage=True)
-            except F.DamagedEpisodeError as e:
-                damaged = path.with_name(path.name + ".damaged")
-                os.replace(path, damaged)
-                rep.problems.append(f"{path.name} unreadable ({e.reason}); kept as {damaged.name}")
-                continue
-            if info is None:
-                rep.removed.append(f"{path.relative_to(sd)} (no complete chunk)")
-            else:
+            info = self._convert_partial(path, idx, "crash_salvaged", None, salvage=True, report=rep)
+            if info is not None:
                 rep.salvaged.append(info)
+                listed_idx.add(idx)
+                listed_steps[idx] = info.steps
         F.fsync_dir(self.episodes_dir)
         rep.next_index = self._next_index
         return rep
+
+    def _drop_leftover_partial(self, path: Path, idx: int, listed_steps: int | None, rep: RecoveryReport) -> None:
+        """A `.partial` of an episode already in the manifest (finish() crashed after the manifest
+        line, or salvage after it): removed if it is an exact, whole copy of the listed steps,
+        quarantined otherwise."""
+        scan = F.scan_partial(path, resync=True)
+        if scan.discarded_bytes == 0 and not scan.missing_steps and scan.steps == listed_steps:
+            path.unlink()
+            F.fsync_dir(path.parent)
+            rep.removed.append(str(path.relative_to(self.session_dir)))
+            return
+        why = f"leftover of listed episode {idx} ({listed_steps} steps) holding {scan.steps} readable steps" + (
+            f" and {scan.discarded_bytes} unreadable bytes ({scan.problem})" if scan.discarded_bytes else ""
+        )
+        self._quarantine(path, why, rep)
+
+    def _quarantine_dest(self, name: str) -> Path:
+        """A free path for `name` in `<session>/quarantine/`: the name itself, else `<stem>.<n><suffix>`
+        (n = 1, 2, ...; the scheme of `collector.checkpoint.quarantine_checkpoint`, same folder)."""
+        q_dir = self.session_dir / F.QUARANTINE_DIR
+        stem, suffix = Path(name).stem, Path(name).suffix
+        dest = q_dir / name
+        k = 0
+        while dest.exists() or dest.is_symlink():
+            k += 1
+            dest = q_dir / f"{stem}.{k}{suffix}"
+        return dest
+
+    def _quarantine(self, path: Path, reason: str, rep: RecoveryReport | None = None, dest: Path | None = None) -> Path:
+        """Move `path` into `<session>/quarantine/` (its name kept, a numeric suffix added if taken),
+        durably (the file, then both directories fsynced), and say so in events.jsonl and `rep`.
+        Used for whatever holds bytes the store could not read: evidence is never deleted."""
+        q_dir = self.session_dir / F.QUARANTINE_DIR
+        if not q_dir.is_dir():
+            q_dir.mkdir()
+            F.fsync_dir(self.session_dir)
+        if dest is None or dest.exists() or dest.is_symlink():
+            dest = self._quarantine_dest(path.name)
+        F.fsync_file(path)
+        os.replace(path, dest)
+        F.fsync_dir(q_dir)
+        F.fsync_dir(path.parent)
+        src = str(path.relative_to(self.session_dir))
+        moved_to = str(dest.relative_to(self.session_dir))
+        self.log_event("quarantine", file=src, moved_to=moved_to, reason=reason, fsync=True)
+        if rep is not None:
+            rep.quarantined.append(f"{src} -> {moved_to} ({reason})")
+        return dest
 
     def _read_hwm(self) -> int:
         try:
@@ -358,37 +426,63 @@ class SessionStore:
         *,
         salvage: bool,
         expect_steps: int | None = None,
+        report: RecoveryReport | None = None,
     ) -> EpisodeInfo | None:
-        """`.partial` -> `.h5` (temp, fsync, rename, dir fsync) -> manifest line -> unlink partial.
-        Returns None (and removes the partial) when it holds no complete chunk."""
+        """`.partial` -> `.h5` (temp, fsync, rename, dir fsync) -> manifest line -> the partial is
+        removed if every one of its bytes was used, else moved into quarantine/.
+
+        `salvage` (recovery on open) reads the partial with resync (`F.scan_partial`): the intact
+        chunks after damage are kept, steps missing between them are listed in
+        `metadata["salvage"]["missing_steps"]` and the `.h5` then holds a `step_index` array (the
+        original step numbers; see `F.STEP_INDEX_KEY`); a lost header record gives empty metadata
+        and seeds (`header_lost`). `finish` reads strictly and expects `expect_steps`.
+        Returns None when the partial holds no step (removed if it held nothing else than a valid
+        header, quarantined if it held unreadable bytes)."""
         final = self.episodes_dir / F.episode_name(index)
         tmp = self.episodes_dir / f".{final.name}.{os.getpid()}.tmp"
-        with F.open_partial(partial) as (scan, buf):
-            if scan.header is None:
-                if scan.file_bytes > 64 * 1024:
-                    raise F.DamagedEpisodeError(partial, scan.problem or "no header")
-                scan.chunks = []
+        rel = str(partial.relative_to(self.session_dir))
+        with F.open_partial(partial, resync=salvage) as (scan, buf):
             if expect_steps is not None and scan.steps != expect_steps:
                 raise StoreError(
                     f"{partial}: holds {scan.steps} valid steps but {expect_steps} were flushed ({scan.problem})"
                 )
+            lost = scan.discarded_bytes > 0  # bytes that the .h5 will not hold: evidence to keep
             if scan.steps == 0:
-                partial.unlink()
-                F.fsync_dir(self.episodes_dir)
+                if lost:
+                    why = f"no readable step; {scan.discarded_bytes} of {scan.file_bytes} bytes unreadable"
+                    why += f" ({scan.problem})"
+                    self._quarantine(partial, why, report)
+                else:
+                    partial.unlink()
+                    F.fsync_dir(self.episodes_dir)
+                    if report is not None:
+                        report.removed.append(f"{rel} (no complete chunk)")
                 return None
             header = scan.header or {}
             metadata = dict(header.get("metadata") or {})
             if salvage and scan.end is not None:  # finish() had written its END record
                 outcome = scan.end["outcome"]
                 metadata.update(scan.end["metadata"])
+            q_dest = self._quarantine_dest(partial.name) if lost else None
+            index_key = F.step_index_key(scan.fields or []) if scan.missing_steps else None
             if salvage:
-                metadata["salvage"] = {
+                salvage_info: dict[str, Any] = {
                     "from": partial.name,
                     "steps": scan.steps,
                     "discarded_bytes": scan.discarded_bytes,
                     "stopped_because": scan.problem,
                     "at": F.now_iso(),
+                    "damaged_bytes": [list(r) for r in scan.damaged],
+                    "missing_steps": [list(r) for r in scan.missing_steps],
                 }
+                if index_key is not None:
+                    salvage_info["step_index_key"] = index_key
+                if scan.header is None:
+                    salvage_info["header_lost"] = True
+                if q_dest is not None:
+                    salvage_info["quarantined_as"] = str(q_dest.relative_to(self.session_dir))
+                    salvage_info["problems"] = scan.problems[:20]
+                metadata["salvage"] = salvage_info
             metadata.update(extra_metadata or {})
             try:
                 sha = F.write_episode_h5(
@@ -402,6 +496,7 @@ class SessionStore:
                     seeds=header.get("seeds"),
                     started_at=header.get("started_at"),
                     compression=self.image_compression,
+                    step_index_key=index_key,
                 )
                 os.replace(tmp, final)
             except OSError as e:
@@ -409,6 +504,12 @@ class SessionStore:
                     tmp.unlink()
                 raise StoreWriteError(e.errno or errno.EIO, f"writing episode file failed: {e}", str(tmp)) from e
             steps = scan.steps
+            notes = []
+            if scan.missing_steps:
+                notes.append("steps " + ", ".join(f"{a}..{b - 1}" for a, b in scan.missing_steps) + " missing")
+            if scan.header is None:
+                notes.append("header record lost (metadata and seeds empty)")
+            discarded, problem = scan.discarded_bytes, scan.problem
         F.fsync_dir(self.episodes_dir)
         try:
             info = self._append_manifest(index, steps, outcome, final, sha)
@@ -416,8 +517,14 @@ class SessionStore:
             raise StoreWriteError(
                 e.errno or errno.EIO, f"appending to the manifest failed: {e}", str(self.session_dir / F.MANIFEST_NAME)
             ) from e
-        partial.unlink()
-        F.fsync_dir(self.episodes_dir)
+        if notes and report is not None:
+            report.problems.append(f"episode {index} salvaged from a damaged {partial.name}: " + "; ".join(notes))
+        if lost:  # the .h5 and its manifest line are durable: now move the original aside
+            why = f"{discarded} bytes unreadable ({problem}); {steps} steps salvaged into {final.name}"
+            self._quarantine(partial, why, report, dest=q_dest)
+        else:  # every byte of it is in the .h5: an exact copy, safe to remove
+            partial.unlink()
+            F.fsync_dir(self.episodes_dir)
         return info
 
     # ------------------------------------------------------------------------------ health
@@ -427,8 +534,21 @@ class SessionStore:
             self._free_bytes = F.free_bytes(self.session_dir)
         return self._free_bytes
 
+    def finish_reserve_bytes(self) -> int:
+        """Room the episode being recorded needs to be finished: its `.h5` is a second copy of
+        everything in its `.partial` (plus what is still in memory), written before the `.partial`
+        is removed, plus the manifest line and the HDF5 overhead."""
+        rec = self._active
+        if rec is None:
+            return 0
+        return rec.steps * rec.step_nbytes + FINISH_OVERHEAD_BYTES
+
     def health(self) -> StoreHealth:
-        """Fresh view of whether recording may go on (measures free space now)."""
+        """Fresh view of whether recording may go on (measures free space now).
+
+        Hold when free space is under the floor plus the room the current episode needs to be
+        finished (`finish_reserve_bytes`), so that an episode can always be finished on the disk it
+        was recorded on; "error" while a write failed (chunk) or events could not be written."""
         free = self._update_free()
         rec = self._active
         queued = rec.queued_steps if rec else 0
@@ -436,13 +556,17 @@ class SessionStore:
         floor = self.free_space_floor_bytes
         if err is not None:
             return StoreHealth("error", f"write failed: {err}", queued, free, floor, err)
+        if self._events_backlog:
+            reason = f"events.jsonl cannot be written ({self._events_error}); {len(self._events_backlog)} events held"
+            return StoreHealth("error", reason, queued, free, floor)
         if queued > self.queue_max_steps:
             reason = f"writer is behind: {queued} steps waiting for the disk (limit {self.queue_max_steps})"
             return StoreHealth("hold", reason, queued, free, floor)
-        if free < floor:
+        reserve = self.finish_reserve_bytes()
+        if free < floor + reserve:
             reason = (
-                f"disk nearly full: {free / 1e9:.2f} GB free on {self.session_dir}, "
-                f"floor is {floor / 1e9:.2f} GB; free space or move the data root"
+                f"disk nearly full: {free / 1e6:.1f} MB free on {self.session_dir}, floor is {floor / 1e6:.1f} MB "
+                f"plus {reserve / 1e6:.1f} MB to finish the episode; free space or move the data root"
             )
             return StoreHealth("hold", reason, queued, free, floor)
         return StoreHealth("ok", "", queued, free, floor)
@@ -450,8 +574,9 @@ class SessionStore:
     def _hold_fast(self, rec: EpisodeRecorder) -> bool:
         return (
             rec._error is not None
+            or bool(self._events_backlog)
             or rec._queued > self.queue_max_steps
-            or self._free_bytes < self.free_space_floor_bytes
+            or self._free_bytes < self.free_space_floor_bytes + rec._steps * rec.step_nbytes + FINISH_OVERHEAD_BYTES
         )
 
     # ------------------------------------------------------------------------------ events
@@ -466,18 +591,43 @@ class SessionStore:
         if "time" in fields or "iso" in fields:
             raise ValueError("event fields 'time' and 'iso' are set by the store; name yours differently")
         rec = {"time": time.time(), "iso": F.now_iso(), "kind": str(kind), **fields}
-        line = (F.dumps(rec) + "\n").encode("utf-8")
+        # A lone surrogate (from a request's text) is written as its JSON escape, never refused.
+        line = (F.dumps(rec) + "\n").encode("utf-8", "backslashreplace")
         with self._events_lock:
-            if self._events_fd is None:
-                if self._lock_fd is None:
-                    raise StoreError("the store is closed")
-                self._events_fd = os.open(
-                    self.session_dir / F.EVENTS_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
-                )
-            F.write_all(self._events_fd, [line])
-            if fsync:
-                os.fsync(self._events_fd)
+            if self._lock_fd is None:
+                raise StoreError("the store is closed")
+            self._events_backlog.append(line)
+            try:
+                self._write_events_backlog(fsync)
+            except OSError as e:  # ENOSPC, EIO: kept in memory, written by the next call; health() holds
+                self._events_error = f"{e.strerror or e}"
+                del self._events_backlog[MAX_EVENTS_BACKLOG:]
         return rec
+
+    def _write_events_backlog(self, fsync: bool) -> None:
+        """Under the events lock: write the held lines in order, each one whole (a torn one is cut)."""
+        if self._events_fd is None:
+            self._events_fd = os.open(self.session_dir / F.EVENTS_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        while self._events_backlog:
+            size = os.fstat(self._events_fd).st_size
+            try:
+                F.write_all(self._events_fd, [self._events_backlog[0]])
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._events_fd, size)
+                raise
+            self._events_backlog.pop(0)
+        if fsync:
+            os.fsync(self._events_fd)
+        self._events_error = None
+
+    def retry_events(self) -> bool:
+        """Write the events held after a failed write; True when none is left."""
+        with self._events_lock:
+            if self._events_backlog and self._lock_fd is not None:
+                with contextlib.suppress(OSError):
+                    self._write_events_backlog(fsync=True)
+            return not self._events_backlog
 
     # ------------------------------------------------------------------------------- closing
 
@@ -493,6 +643,14 @@ class SessionStore:
             with contextlib.suppress(StoreError, OSError):
                 rec.abandon()
         with self._events_lock:
+            if self._events_backlog:
+                with contextlib.suppress(OSError):
+                    self._write_events_backlog(fsync=True)
+            if self._events_backlog:
+                warnings.warn(
+                    f"{len(self._events_backlog)} events could not be written to {self.session_dir / F.EVENTS_NAME}",
+                    stacklevel=2,
+                )
             if self._events_fd is not None:
                 with contextlib.suppress(OSError):
                     os.fsync(self._events_fd)
@@ -529,6 +687,8 @@ class EpisodeRecorder:
         self.metadata = metadata
         self.seeds = seeds
         self.fields: list[FieldSpec] | None = None
+        self.step_nbytes = 0
+        """Bytes one step takes in the episode files (known from the first step)."""
         self._on_flush = on_flush
         self._chunk = store.flush_every_steps
         self._interval = store.flush_interval_s
@@ -590,6 +750,11 @@ class EpisodeRecorder:
     def queued_steps(self) -> int:
         return self._queued
 
+    @property
+    def write_error(self) -> StoreWriteError | None:
+        """The last failed chunk write while it is not yet retried successfully (else None)."""
+        return self._error if self._state in ("recording", "draining") else None
+
     # -------------------------------------------------------------------------- append
 
     def append(self, step: Mapping[str, Any]) -> bool:
@@ -634,6 +799,7 @@ class EpisodeRecorder:
     def _init_fields(self, step: Mapping[str, Any]) -> None:
         specs = F.fields_from_first_step(step)
         self.fields = specs
+        self.step_nbytes = sum(s.step_nbytes for s in specs)
         self._keys = frozenset(s.key for s in specs)
         self._bufs = self._new_bufs()
         self._specs = [(s.key, s.shape, s.dtype, self._bufs[s.key]) for s in specs]

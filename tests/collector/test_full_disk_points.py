@@ -101,3 +101,24 @@ def test_enospc_at_each_write_point_holds_and_resumes(tmp_path, monkeypatch, poi
     assert all(e.steps == 20 for e in manifest), "a step was lost to the full disk"
     kinds = [event["kind"] for event in read_events(session)]
     assert "store_error" in kinds and kinds.count("operator") == 1, "events held in memory were lost"
+
+
+def test_a_manifest_line_torn_by_a_full_disk_is_cut_so_the_retry_appends_a_whole_line(tmp_path, monkeypatch):
+    """ENOSPC part-way through a manifest line (the kernel wrote some bytes, then refused)."""
+    manifest = tmp_path / "manifest.jsonl"
+    store_format.append_line_durably(manifest, '{"index": 0}')
+    real_write = os.write
+    calls = {"n": 0}
+
+    def short_then_full(fd, data):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_write(fd, bytes(data[:5]))  # a short write ...
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # ... then the disk is full
+
+    monkeypatch.setattr(os, "write", short_then_full)
+    with pytest.raises(OSError):
+        store_format.append_line_durably(manifest, '{"index": 1}')
+    monkeypatch.setattr(os, "write", real_write)
+    store_format.append_line_durably(manifest, '{"index": 1}')
+    assert manifest.read_text().splitlines() == ['{"index": 0}', '{"index": 1}']

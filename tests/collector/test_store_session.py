@@ -268,11 +268,14 @@ def test_changed_config_on_resume_is_kept_beside(tmp_path):
 def test_unreadable_partial_is_kept_aside(tmp_path):
     sd = tmp_path / "sess"
     (sd / "episodes").mkdir(parents=True)
-    (sd / "episodes" / "episode_000004.partial").write_bytes(os.urandom(100_000))
+    junk = os.urandom(100_000)
+    (sd / "episodes" / "episode_000004.partial").write_bytes(junk)
     with open_store(tmp_path) as store:
         assert store.next_index == 5
-        assert "unreadable" in store.recovery.problems[0]
-    assert (sd / "episodes" / "episode_000004.partial.damaged").exists()
+        [line] = store.recovery.quarantined
+        assert line.startswith("episodes/episode_000004.partial -> quarantine/episode_000004.partial (no readable step")
+    assert (sd / "quarantine" / "episode_000004.partial").read_bytes() == junk
+    assert not (sd / "episodes" / "episode_000004.partial").exists()
 
 
 # ---------------------------------------------------------------------------- damaged files
