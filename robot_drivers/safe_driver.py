@@ -76,11 +76,12 @@ class SafeDriver:
     ) -> tuple[Command, list[SafetyEvent]]:
         """Filter ``action`` for ``state`` (which must come from `read_state`), send the result,
         and return the command sent with every safety event."""
+        sent_before = self.filter.previous_command
         safe, events = self.filter.filter(state, action)
         if self.watchdog is not None:
-            safe, late = self.watchdog.guard(safe, now=self.clock(), state_time=self._read_at, deadline=deadline)
-            if late:
-                self.filter.notify_stopped()
+            late = self.watchdog.check(now=self.clock(), state_time=self._read_at, deadline=deadline)
+            if late:  # stale information: brake as fast as the arm allows, from what was last sent
+                safe = self.filter.emergency_stop(state.dq, from_command=sent_before)
                 events = events + late
         command = Command(ActionSpace(safe.kind), safe.values)
         self.driver.send(command)

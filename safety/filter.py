@@ -13,12 +13,14 @@ holds in both action spaces and the driver never converts anything itself.
 What one call does, in order:
 
 1. **Non-finite** values anywhere in the action or the state (q, dq, tip_pos, time), or an action
-   of the wrong shape: the command is an immediate zero velocity (a ``nonfinite`` / ``fault``
-   event).  The stop is immediate rather than ramped: with an unreadable state we cannot plan a
-   braking path, and an immediate stop is what Franka's own stop does (the robot's controller then
-   brakes as hard as its limits allow: libfranka's rate limiter on hardware, the joint servo in
-   simulation).  This is the one place a command may change by more than the acceleration limit,
-   together with the watchdog's stop and the emergency brake below: stopping is always allowed.
+   of the wrong shape: the command is the *emergency stop* (a ``nonfinite`` / ``fault`` event):
+   the previous command braked toward zero as fast as the robot's published acceleration limits
+   allow (``acceleration_max * period`` per period), never a velocity step the arm cannot follow.
+   With an unreadable state no braking path can be planned; the fastest stop the limits allow is
+   what Franka's own controller would do with a zero command (libfranka's rate limiter), now said
+   by the filter itself.  The emergency stop (`emergency_stop`, also used by the watchdog) and the
+   emergency brake below are the only places a command may change by more than the operating
+   acceleration limit, and never by more than the published one.
 2. **Desired velocity.**  ``joint_velocity``: the action, each joint clipped to the operating cap
    (0.5 rad/s, seed 001).  ``tip_delta``: the displacement, each axis clipped to
    ``tip_delta_max``, is added to an internal tool-tip target (kept inside the workspace box and
@@ -56,8 +58,9 @@ stayed inside, the braking command's rollout from the new state is the tail of t
 it is inside too, and the filter always has a candidate within the acceleration limit.  When the
 state is not where the model says (a fresh filter, a simulator lagging its commands, a pushed
 arm), the braking command itself may fail the check; the filter then brakes harder than the
-acceleration limit, as little harder as the check allows, down to an immediate stop (an
-``emergency_brake`` event): stopping is always allowed.  A state already outside a limit (which
+acceleration limit, as little harder as the check allows, down to the emergency stop at the
+published acceleration limit (an ``emergency_brake`` event): stopping is always allowed, but never
+faster than the arm can brake.  A state already outside a limit (which
 the monitor reports as a violation) may move back inside but never further out.
 """
 
@@ -161,6 +164,7 @@ class SafetyFilter:
         self._cap = self.limits.velocity_caps
         self._acc = self.limits.accelerations
         self._step = self._acc * self.period
+        self._hard_step = np.asarray(self.limits.acceleration_max, dtype=np.float64) * self.period
         self._q_lower = self.limits.q_lower + self.limits.tracking_margin_joint
         self._q_upper = self.limits.q_upper - self.limits.tracking_margin_joint
         self._inset = self.limits.tracking_margin_position
@@ -194,7 +198,7 @@ class SafetyFilter:
         events: list[SafetyEvent] = []
         fault = self._check_inputs(state, action, events)
         if fault:
-            return self._stop(events)
+            return self._emergency(state, events)
         q = np.asarray(state.q, dtype=np.float64)
         dq = np.asarray(state.dq, dtype=np.float64)
         action = np.asarray(action, dtype=np.float64).reshape(-1)
@@ -227,9 +231,12 @@ class SafetyFilter:
         margins_now = cartesian_margins(self.limits, f_now, self._inset)
         jacobian = kinematics.jacobian_from_frames(f_now)[:3]
         command = self._search_segment(q, braking, limited, margins_now, jacobian, events)
-        if command is None:  # the braking command itself is unsafe: brake harder, down to a stop
-            command = self._search_segment(q, np.zeros(7), braking, margins_now, jacobian, events, report=False)
-            assert command is not None  # zero velocity always passes
+        if command is None:  # the braking command itself is unsafe: brake harder, down to the hardest allowed
+            hardest = brake(previous, self._hard_step)
+            command = self._search_segment(q, hardest, braking, margins_now, jacobian, events, report=False)
+            if command is None:  # cannot stop in time even so: brake as hard as the arm can
+                command = hardest
+                events.append(SafetyEvent("emergency_brake", "all", 1.0, "braking at the published acceleration limit"))
         excess = np.maximum(np.maximum(rate_lo - command, command - rate_hi), 0.0)
         for i in np.flatnonzero(excess > 1e-9):
             events.append(
@@ -271,11 +278,29 @@ class SafetyFilter:
                 fault = True
         return fault
 
-    def _stop(self, events: list[SafetyEvent]) -> tuple[SafeCommand, list[SafetyEvent]]:
-        self._previous = np.zeros(7)
+    def emergency_stop(self, measured_velocity=None, from_command: np.ndarray | None = None) -> SafeCommand:
+        """The fastest stop the robot's published acceleration limits allow: the last command sent
+        (``from_command``, by default the previous command; for a fresh filter the finite measured
+        velocity, else zero) braked by ``acceleration_max * period``.  Send it every period until it
+        is zero (`SafeCommand.is_stop`).  Used for non-finite input and by the watchdog; the next
+        command ramps up from it; clears the tool-tip target."""
+        previous = self._previous if from_command is None else np.asarray(from_command, dtype=np.float64)
+        if previous is None:
+            try:
+                measured = np.asarray(measured_velocity, dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError):
+                measured = np.zeros(0)
+            previous = np.clip(measured, -self._cap, self._cap) if measured.shape == (7,) else np.zeros(7)
+            if not np.all(np.isfinite(previous)):
+                previous = np.zeros(7)
+        command = brake(previous, self._hard_step)
+        self._previous = command
         self._tip_target = None
         self._orientation_target = None
-        return SafeCommand.stop(), events
+        return SafeCommand(command)
+
+    def _emergency(self, state, events: list[SafetyEvent]) -> tuple[SafeCommand, list[SafetyEvent]]:
+        return self.emergency_stop(getattr(state, "dq", None)), events
 
     def _resolve_tip_delta(self, f_now: np.ndarray, action: np.ndarray, events: list[SafetyEvent]) -> np.ndarray:
         delta = np.clip(action, -self.limits.tip_delta_max, self.limits.tip_delta_max)

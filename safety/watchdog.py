@@ -8,8 +8,10 @@ testable):
 - the loop's lateness, ``now - deadline``, above ``max_overrun_s``: the command arrives after the
   moment it was meant for (``deadline`` is when this cycle's command was due).
 
-Either one turns the command into an immediate zero velocity with a ``watchdog`` event.  After a
-stop, call ``SafetyFilter.notify_stopped()`` so the next command ramps up from zero.  ``now`` and
+Either one gives a ``watchdog`` event, and the command must not be sent: `SafeDriver` sends the
+filter's emergency stop instead (`SafetyFilter.emergency_stop`: the last command braked as fast as
+the published acceleration limits allow, never a velocity step), and the next command ramps up
+from it.  `guard` (a zero velocity in place of the command) remains for callers without a filter.  ``now`` and
 ``state_time`` must be on the same clock: in the collector, the wall-clock time at which the state
 was read (the simulator's ``state.time`` is simulated time).  On the robot side of the bridge a
 second watchdog stops the arm when commands stop arriving (hardware issue).

@@ -6,7 +6,8 @@ actions (huge, tiny, NaN, inf, alternating signs) in both action spaces:
 - the command never exceeds the velocity cap;
 - it differs from the previous command (a fresh filter takes the measured velocity) by at most
   acceleration * period, except when braking harder toward zero (stopping is always allowed:
-  non-finite input, or a random state that cannot brake in time at the acceleration limit);
+  non-finite input, or a random state that cannot brake in time at the acceleration limit), and
+  never by more than the robot's published acceleration limit * period (no stop is a step);
 - integrating it for one period (q += v * period) stays inside the joint limits, the box and
   above the table.
 Closed loop on the integrator model, many steps of adversarial actions: never outside any limit,
@@ -28,6 +29,8 @@ from tests.safety.helpers import HOME_Q, LIMITS, inside, make_state, margins, ra
 
 PERIOD = 0.05
 STEP = LIMITS.accelerations * PERIOD
+HARD_STEP = np.asarray(LIMITS.acceleration_max) * PERIOD
+"""The robot's published acceleration limits per period: no command change, not even a stop, exceeds it."""
 CAP = LIMITS.velocity_caps
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -54,6 +57,7 @@ def check_step(state, command: SafeCommand, events: list[SafetyEvent], previous:
     assert command.kind == "joint_velocity"
     assert v.shape == (7,) and np.all(np.isfinite(v))
     assert np.all(np.abs(v) <= CAP + 1e-12), v
+    assert np.all(np.abs(v - previous) <= HARD_STEP + 1e-9), (v, previous)
     jump_ok = np.abs(v - previous) <= STEP + 1e-9
     braking = (v * previous >= 0) & (np.abs(v) <= np.abs(previous) + 1e-12)
     assert np.all(jump_ok | braking), (v, previous)
@@ -66,6 +70,7 @@ def check_step(state, command: SafeCommand, events: list[SafetyEvent], previous:
 
 @pytest.mark.parametrize("action_space", ["joint_velocity", "tip_delta"])
 def test_single_step_properties(action_space):
+    """One call from random states with arbitrary actions: the properties of the module docstring."""
     dim = 7 if action_space == "joint_velocity" else 3
 
     @SETTINGS
@@ -74,19 +79,26 @@ def test_single_step_properties(action_space):
         safety_filter = SafetyFilter(LIMITS, 20.0, action_space)
         command, events = safety_filter.filter(state, action)
         check_step(state, command, events, np.clip(state.dq, -CAP, CAP))
-        if not np.all(np.isfinite(action)):
-            assert command.is_stop and any(e.kind == "nonfinite" for e in events)
+        if not np.all(np.isfinite(action)):  # the fastest stop the published limits allow, not a step
+            assert any(e.kind == "nonfinite" for e in events)
+            expected = np.sign(state.dq) * np.maximum(np.abs(np.clip(state.dq, -CAP, CAP)) - HARD_STEP, 0.0)
+            np.testing.assert_allclose(command.values, expected, atol=1e-12)
 
     run()
 
 
 @SETTINGS
 @given(state=states(), action=actions(7), bad=st.sampled_from(["q", "dq", "tip_pos", "time"]))
-def test_non_finite_state_gives_a_stop_and_a_fault_event(state, action, bad):
+def test_non_finite_state_gives_the_fastest_allowed_stop_and_a_fault_event(state, action, bad):
     value = getattr(state, bad)
     setattr(state, bad, np.where(np.arange(np.size(value)) == 0, np.nan, value) if np.ndim(value) else math.inf)
     command, events = SafetyFilter().filter(state, action)
-    assert command.is_stop
+    dq = np.asarray(state.dq, dtype=float)
+    if np.all(np.isfinite(dq)):  # brake from the measured velocity at the published limits
+        expected = np.sign(dq) * np.maximum(np.abs(np.clip(dq, -CAP, CAP)) - HARD_STEP, 0.0)
+    else:  # nothing finite to brake from
+        expected = np.zeros(7)
+    np.testing.assert_allclose(command.values, expected, atol=1e-12)
     assert any(e.kind == "nonfinite" and e.where == f"state.{bad}" for e in events)
 
 
@@ -114,6 +126,7 @@ def run_closed_loop(action_space: str, style: str, seed: int, steps: int, start:
         command, events = safety_filter.filter(make_state(q, previous), action)
         v = command.values
         assert np.all(np.abs(v) <= CAP + 1e-12)
+        assert np.all(np.abs(v - previous) <= HARD_STEP + 1e-9), "a command change beyond the published limits"
         if not any(e.kind == "nonfinite" for e in events):
             assert np.all(np.abs(v - previous) <= STEP + 1e-9), (v, previous, events)
             assert not any(e.kind == "emergency_brake" for e in events), events
