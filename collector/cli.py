@@ -44,6 +44,11 @@ def _add_collect(subparsers: argparse._SubParsersAction) -> None:
     collect.add_argument("--detach", action="store_true", help="run as a background daemon writing a log file")
     collect.add_argument("--log", help="log file of the detached daemon (default: <data_root>/<session>.log)")
     collect.add_argument(
+        "--fresh-explorer",
+        action="store_true",
+        help="when the session's explorer checkpoint is unusable, move it to quarantine/ and start a new explorer",
+    )
+    collect.add_argument(
         "--start-timeout",
         type=float,
         default=120.0,
@@ -78,7 +83,7 @@ def _run_collect(args: argparse.Namespace) -> int:
 
     try:
         with ProgressDisplay() as display:
-            code = Collector(config, on_progress=display).run()
+            code = Collector(config, on_progress=display, fresh_explorer=args.fresh_explorer).run()
     except StartRefused as refused:
         print(f"collect refused: {refused}", file=sys.stderr)
         return EXIT_START_REFUSED
@@ -100,7 +105,8 @@ def _detach(args: argparse.Namespace, config) -> int:
     start_offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "collector.cli", "collect", "--config", args.config],
+            [sys.executable, "-m", "collector.cli", "collect", "--config", args.config]
+            + (["--fresh-explorer"] if args.fresh_explorer else []),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -189,6 +195,7 @@ def _add_data(subparsers: argparse._SubParsersAction) -> None:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     info = data_sub.add_parser("info", help="sessions, episodes, transitions, outcomes, size")
     info.add_argument("paths", nargs="+", help="session directories or data roots")
+    info.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     verify = data_sub.add_parser("verify", help="checksums and schema of every file; exit 1 on damage")
     verify.add_argument("paths", nargs="+", help="session directories or data roots")
     video = data_sub.add_parser("video", help="an mp4 of one camera of one episode")
@@ -208,7 +215,7 @@ def _run_data(args: argparse.Namespace) -> int:
 
     try:
         if args.data_command == "info":
-            datatools.info(args.paths)
+            datatools.info(args.paths, as_json=args.json)
         elif args.data_command == "verify":
             return 0 if datatools.verify(args.paths) else 1
         elif args.data_command == "video":

@@ -2,22 +2,29 @@
 
 Every command takes session directories or data roots holding several sessions
 (`collector.store.find_sessions`), reads through the store's API, and skips a damaged episode with
-a warning naming the file instead of crashing.
+a warning naming the file instead of crashing.  Damage is reported, never a traceback: `info`
+counts missing, damaged (by size), unlisted and partial episode files and a damaged session.yaml
+or explorer checkpoint per session; `verify` checks every byte (checksums, HDF5, schema), that
+session.yaml is a YAML mapping and that the explorer checkpoint loads, and fails on any of them.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import pathlib
+import re
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from collector.checkpoint import DamagedCheckpointError, check_explorer_checkpoint, load_explorer_checkpoint
 from collector.store import (
     DamagedEpisodeError,
     find_sessions,
@@ -27,6 +34,8 @@ from collector.store import (
     verify_session,
 )
 
+EPISODE_FILE = re.compile(r"^episode_\d+\.(h5|partial|partial\.damaged)$")
+"""Episode file names inside ``<session>/episodes/`` (the store's documented layout)."""
 CUBE_FACE_COLOURS = ("red", "cyan", "green", "blue", "yellow", "magenta")
 """Face index -> colour, as `sim.scene.CUBE_FACES` orders them (the collector does not import sim)."""
 TIP_GRID_CELL_M = 0.05
@@ -50,31 +59,224 @@ def _sessions(paths: Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
     return sessions
 
 
+SESSION_YAML = "session.yaml"
+CHECKPOINT = pathlib.Path("explorer") / "checkpoint.pt"
+"""The explorer checkpoint inside a session (`collector.session.CHECKPOINT_PATH`)."""
+QUARANTINE = "quarantine"
+"""Where the collector moves a damaged explorer checkpoint (`collector.checkpoint.quarantine_checkpoint`)."""
+MAX_SESSION_YAML_BYTES = 1 << 20
+WIDE = 10_000
+"""Console width when the output is not a terminal (a file, a pipe): never cut a line."""
+
+
+def _console() -> Console:
+    """Rich console on stdout: the terminal's width, or unlimited when piped / redirected."""
+    console = Console()
+    return console if console.is_terminal else Console(width=WIDE)
+
+
 def _directory_bytes(path: pathlib.Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    total = 0
+    for f in path.rglob("*"):
+        with contextlib.suppress(OSError):  # a file that vanished or cannot be read meanwhile
+            if f.is_file():
+                total += f.stat().st_size
+    return total
 
 
-def info(paths: Sequence[str | pathlib.Path], console: Console | None = None) -> list[dict]:
-    """Per session: episodes, transitions, outcomes, size on disk, action space, cameras."""
-    console = console or Console()
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def read_session_yaml(session: pathlib.Path) -> tuple[dict | None, str | None]:
+    """``(mapping, None)`` for a readable session.yaml, else ``(None, problem)``: missing, not
+    readable, not UTF-8, not valid YAML, or not a mapping (one line, without the file name)."""
+    path = pathlib.Path(session) / SESSION_YAML
+    try:
+        size = path.stat().st_size
+        if size > MAX_SESSION_YAML_BYTES:
+            return None, f"{size} bytes; a session.yaml is at most {MAX_SESSION_YAML_BYTES} bytes"
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as error:
+        return None, f"cannot read: {error.strerror or error}"
+    except UnicodeDecodeError as error:
+        return None, f"not UTF-8 text (byte {error.start})"
+    except yaml.YAMLError as error:
+        return None, f"not valid YAML: {yaml_error_text(error)}"
+    except RecursionError:
+        return None, "nested too deeply"
+    if not isinstance(data, dict):
+        return None, f"not a mapping of settings (a YAML {type(data).__name__})"
+    return data, None
+
+
+def yaml_error_text(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: what and where (line, column), without PyYAML's quoted excerpt."""
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return _one_line(error)
+
+
+def _setting(config: dict | None, *keys: str):
+    """config[k1][k2]... or None when any level is missing or not a mapping."""
+    value = config
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _cameras(config: dict | None) -> list[str]:
+    cameras = _setting(config, "robot", "options", "cameras")
+    if not isinstance(cameras, list):
+        return []
+    return [str(c.get("name", "?")) if isinstance(c, dict) else "?" for c in cameras]
+
+
+def _episode_files(session: pathlib.Path, manifest: list) -> dict[str, list[str]]:
+    """A quick look at the episode files (no checksums: `verify` reads every byte): listed files
+    that are missing or whose size differs from the manifest, .h5 files the manifest does not
+    list, and .partial files of interrupted episodes."""
+    damaged, missing = [], []
+    for entry in manifest:
+        try:
+            size = entry.path.stat().st_size
+        except FileNotFoundError:
+            missing.append(entry.file)
+            continue
+        except OSError as error:
+            damaged.append(f"{entry.file}: cannot read: {error.strerror}")
+            continue
+        if not entry.path.is_file():
+            damaged.append(f"{entry.file}: not a regular file")
+        elif size != entry.bytes:
+            damaged.append(f"{entry.file}: {size} bytes, the manifest says {entry.bytes}")
+    listed = {pathlib.Path(entry.file).name for entry in manifest}
+    episodes = session / "episodes"
+    names = sorted(p.name for p in episodes.iterdir()) if episodes.is_dir() else []
+    unlisted = [f"episodes/{n}" for n in names if EPISODE_FILE.match(n) and n.endswith(".h5") and n not in listed]
+    partial = [f"episodes/{n}" for n in names if EPISODE_FILE.match(n) and ".partial" in n]
+    return {"damaged": damaged, "missing": missing, "unlisted": unlisted, "partial": partial}
+
+
+def _checkpoint_problem(session: pathlib.Path, full: bool) -> str | None:
+    """None when the session has no explorer checkpoint or a sound one, else what is wrong."""
+    path = session / CHECKPOINT
+    if not path.exists():
+        return None
+    try:
+        if full:
+            load_explorer_checkpoint(path)
+        else:
+            check_explorer_checkpoint(path)
+    except DamagedCheckpointError as error:
+        return error.reason
+    except FileNotFoundError:
+        return None
+    return None
+
+
+def _quarantined(session: pathlib.Path) -> list[str]:
+    folder = session / QUARANTINE
+    with contextlib.suppress(OSError):
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    return []
+
+
+def session_health(session: pathlib.Path) -> dict:
+    """What `info` reports on one session: its settings (None when unknown), counts, and every
+    problem found, each a line naming the file (``problems``; empty when healthy)."""
+    session = pathlib.Path(session)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        manifest = read_manifest(session)
+    manifest_problems = [_one_line(w.message) for w in caught]
+    config, yaml_problem = read_session_yaml(session)
+    files = _episode_files(session, manifest)
+    checkpoint_problem = _checkpoint_problem(session, full=False)
+    problems = [f"manifest.jsonl: {p}" for p in manifest_problems]
+    problems += [f"{SESSION_YAML}: {yaml_problem}"] if yaml_problem else []
+    problems += [f"damaged {d}" for d in files["damaged"]]
+    problems += [f"missing {m} (listed in the manifest)" for m in files["missing"]]
+    problems += [f"unlisted {u} (not in the manifest)" for u in files["unlisted"]]
+    problems += [f"partial {p} (an interrupted episode; resuming the session salvages it)" for p in files["partial"]]
+    problems += [f"{CHECKPOINT.as_posix()}: {checkpoint_problem}"] if checkpoint_problem else []
+    return {
+        "session": str(session),
+        "session_id": _setting(config, "session_id") or session.name,
+        "episodes": len(manifest),
+        "transitions": sum(e.steps for e in manifest),
+        "outcomes": dict(collections.Counter(e.outcome for e in manifest)),
+        "bytes": _directory_bytes(session),
+        "backend": _setting(config, "robot", "backend"),
+        "action_space": _setting(config, "action_space"),
+        "explorer": _setting(config, "explorer", "name"),
+        "cameras": _cameras(config),
+        "damage": {
+            "episode_files_damaged": len(files["damaged"]),
+            "episode_files_missing": len(files["missing"]),
+            "episode_files_unlisted": len(files["unlisted"]),
+            "episode_files_partial": len(files["partial"]),
+            "manifest_lines_skipped": len(manifest_problems),
+            "session_yaml": yaml_problem,
+            "checkpoint": checkpoint_problem,
+        },
+        "checkpoint": (session / CHECKPOINT).exists(),
+        "quarantined": _quarantined(session),
+        "problems": problems,
+    }
+
+
+def _health_text(row: dict) -> str:
+    damage = row["damage"]
+    parts = [
+        f"{damage[key]} {label}"
+        for key, label in (
+            ("episode_files_damaged", "damaged"),
+            ("episode_files_missing", "missing"),
+            ("episode_files_unlisted", "unlisted"),
+            ("episode_files_partial", "partial"),
+            ("manifest_lines_skipped", "bad manifest lines"),
+        )
+        if damage[key]
+    ]
+    if damage["session_yaml"]:
+        parts.append("session.yaml missing" if damage["session_yaml"] == "missing" else "session.yaml damaged")
+    if damage["checkpoint"]:
+        parts.append("checkpoint unusable")
+    if row["quarantined"]:
+        parts.append(f"{len(row['quarantined'])} quarantined")
+    return ", ".join(parts) or "ok"
+
+
+def info(paths: Sequence[str | pathlib.Path], console: Console | None = None, as_json: bool = False) -> list[dict]:
+    """Per session: episodes, transitions, outcomes, size on disk, action space, cameras, and its
+    damage (episode files missing, damaged by size, unlisted or partial; session.yaml or the
+    explorer checkpoint damaged).  Prints a table (full width when not on a terminal), or with
+    ``as_json`` one JSON document ``{"sessions": [...], "total": {...}}``.  Checksums are not
+    read here: `verify` does that."""
     rows = []
     for session in _sessions(paths):
-        manifest = read_manifest(session)
-        config = yaml.safe_load((session / "session.yaml").read_text()) if (session / "session.yaml").exists() else {}
-        cameras = [c["name"] for c in (config.get("robot", {}).get("options", {}).get("cameras") or [])]
-        rows.append(
-            {
-                "session": str(session),
-                "episodes": len(manifest),
-                "transitions": sum(e.steps for e in manifest),
-                "outcomes": dict(collections.Counter(e.outcome for e in manifest)),
-                "bytes": _directory_bytes(session),
-                "backend": config.get("robot", {}).get("backend", "?"),
-                "action_space": config.get("action_space", "?"),
-                "explorer": config.get("explorer", {}).get("name", "?"),
-                "cameras": cameras,
-            }
-        )
+        try:
+            rows.append(session_health(session))
+        except OSError as error:
+            raise DataToolError(f"{session}: cannot read: {error.strerror or error}") from None
+    total = {
+        "sessions": len(rows),
+        "episodes": sum(r["episodes"] for r in rows),
+        "transitions": sum(r["transitions"] for r in rows),
+        "bytes": sum(r["bytes"] for r in rows),
+        "sessions_with_problems": sum(bool(r["problems"]) for r in rows),
+    }
+    if as_json:
+        print(json.dumps({"sessions": rows, "total": total}, indent=2))
+        return rows
+    console = console or _console()
     table = Table(title="pandalab sessions")
     for column in (
         "session",
@@ -86,19 +288,22 @@ def info(paths: Sequence[str | pathlib.Path], console: Console | None = None) ->
         "transitions",
         "outcomes",
         "size",
+        "health",
     ):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
+        health = _health_text(row)
         table.add_row(
-            pathlib.Path(row["session"]).name,
-            row["backend"],
-            row["action_space"],
-            row["explorer"],
-            ",".join(row["cameras"]) or "-",
+            escape(pathlib.Path(row["session"]).name),
+            escape(str(row["backend"] or "?")),
+            escape(str(row["action_space"] or "?")),
+            escape(str(row["explorer"] or "?")),
+            escape(",".join(row["cameras"]) or "-"),
             str(row["episodes"]),
             str(row["transitions"]),
-            ", ".join(f"{k}: {v}" for k, v in sorted(row["outcomes"].items())),
+            escape(", ".join(f"{k}: {v}" for k, v in sorted(row["outcomes"].items()))),
             f"{row['bytes'] / 1e6:.1f} MB",
+            f"[red]{escape(health)}[/red]" if row["problems"] else health,
         )
     if len(rows) > 1:
         table.add_row(
@@ -107,25 +312,73 @@ def info(paths: Sequence[str | pathlib.Path], console: Console | None = None) ->
             "",
             "",
             "",
-            str(sum(r["episodes"] for r in rows)),
-            str(sum(r["transitions"] for r in rows)),
+            str(total["episodes"]),
+            str(total["transitions"]),
             "",
-            f"{sum(r['bytes'] for r in rows) / 1e6:.1f} MB",
+            f"{total['bytes'] / 1e6:.1f} MB",
+            f"{total['sessions_with_problems']} with problems" if total["sessions_with_problems"] else "ok",
         )
     console.print(table)
-    console.print("in: " + ", ".join(sorted({str(pathlib.Path(r["session"]).parent) for r in rows})))
+    console.print("in: " + escape(", ".join(sorted({str(pathlib.Path(r["session"]).parent) for r in rows}))))
+    for row in rows:
+        for problem in row["problems"]:
+            console.print(f"[red]PROBLEM[/red] {escape(row['session'])}: {escape(problem)}")
+    if total["sessions_with_problems"]:
+        console.print("(sizes checked, not checksums: `pandalab data verify` reads every byte)")
     return rows
 
 
+def _config_problem(session: pathlib.Path) -> str | None:
+    """Whether session.yaml validates as a session config of this pandalab (None when it does)."""
+    try:
+        from collector.config import ConfigError, load_session_config
+    except Exception as error:  # the config module failing to import is not the data's fault
+        return f"not validated (collector.config: {_one_line(error)})"
+    try:
+        load_session_config(session / SESSION_YAML)
+    except ConfigError as error:
+        lines = [line.split(": ", 1)[-1] for line in str(error).splitlines() if line.strip()]
+        more = f" (+{len(lines) - 1} more)" if len(lines) > 1 else ""
+        return _one_line(lines[0] if lines else error) + more
+    except Exception as error:
+        return f"not validated: {type(error).__name__}: {_one_line(error)}"
+    return None
+
+
 def verify(paths: Sequence[str | pathlib.Path], console: Console | None = None) -> bool:
-    """Checksums, schema and readability of every file; True when every session is clean."""
-    console = console or Console()
+    """Checksums, schema and readability of every file; True when every session is clean.
+
+    Besides the episode files (`collector.store.verify_session`): session.yaml must be readable
+    YAML holding a mapping, and the explorer checkpoint, when there is one, must load
+    (`collector.checkpoint.load_explorer_checkpoint`).  A session.yaml that parses but does not
+    validate as this version's session config is reported (CONFIG) without failing: a config
+    written by an older pandalab may not validate, and the data is still sound."""
+    console = console or _console()
     clean = True
     for session in _sessions(paths):
         report = verify_session(session)
-        clean &= report.clean
-        style = "green" if report.clean else "red"
-        console.print(f"[{style}]{'OK' if report.clean else 'PROBLEMS'}[/{style}] {report.summary()}")
+        lines = [report.summary()]
+        _, yaml_problem = read_session_yaml(session)
+        if yaml_problem == "missing":
+            lines.append(f"  MISSING  {SESSION_YAML} (the trainer needs it for the action scale)")
+        elif yaml_problem:
+            lines.append(f"  DAMAGED  {SESSION_YAML}: {yaml_problem}")
+        else:
+            config_problem = _config_problem(session)
+            if config_problem:
+                lines.append(f"  CONFIG   {SESSION_YAML} does not validate with this pandalab: {config_problem}")
+        checkpoint_problem = _checkpoint_problem(session, full=True)
+        if checkpoint_problem:
+            lines.append(f"  DAMAGED  {CHECKPOINT.as_posix()}: {checkpoint_problem}")
+        quarantined = _quarantined(session)
+        if quarantined:
+            lines.append(
+                f"  NOTE     {QUARANTINE}/ holds {len(quarantined)} file(s) set aside: {', '.join(quarantined)}"
+            )
+        ok = report.clean and not yaml_problem and not checkpoint_problem
+        clean &= ok
+        style = "green" if ok else "red"
+        console.print(f"[{style}]{'OK' if ok else 'PROBLEMS'}[/{style}] " + escape("\n".join(lines)))
     return clean
 
 

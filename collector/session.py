@@ -26,7 +26,6 @@ import dataclasses
 import errno
 import os
 import pathlib
-import pickle
 import signal
 import threading
 import time
@@ -35,6 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from collector.checkpoint import (
+    DamagedCheckpointError,
+    encode_explorer_checkpoint,
+    load_explorer_checkpoint,
+    quarantine_checkpoint,
+)
 from collector.config import SessionConfig, dump_session_config
 from collector.control import AddressUnavailable, ControlServer
 from collector.explorers import Explorer, ExplorerSpec, make_explorer
@@ -51,7 +56,7 @@ from robot_drivers.safe_driver import SafeDriver
 from safety import ResetPlanningError, SafetyEvent, ViolationMonitor, Watchdog, contact_events
 
 CHECKPOINT_PATH = pathlib.Path("explorer") / "checkpoint.pt"
-"""Explorer checkpoint inside the session directory: a pickle of ``{"explorer": state_dict, ...}``."""
+"""Explorer checkpoint inside the session directory (`collector.checkpoint`: no pickle, checksummed)."""
 LOGGED_EVENT_KINDS = {"nonfinite", "fault", "emergency_brake", "watchdog", "violation", "hold"}
 """Safety events written to events.jsonl one by one; the frequent kinds (clips, limits) are
 counted per episode in its metadata instead."""
@@ -62,8 +67,9 @@ MAX_CONSECUTIVE_FAULTS = 3
 
 class StartRefused(RuntimeError):
     """The session could not start (an address taken, the robot unreachable, the session open in
-    another collector, a damaged explorer checkpoint); the message is one line for the operator.
-    Nothing was created on disk and the arm was not moved."""
+    another collector, an unusable explorer checkpoint); the message is one line for the operator.
+    The arm was not moved and nothing new was created on disk (a refused resume of an existing
+    session appends its reason to that session's events.jsonl)."""
 
 
 @dataclasses.dataclass
@@ -81,8 +87,11 @@ class Collector:
         config: SessionConfig,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         install_signal_handlers: bool = True,
+        fresh_explorer: bool = False,
     ) -> None:
         self.config = config
+        self.fresh_explorer = fresh_explorer
+        """Start a new explorer when the session's checkpoint is unusable (it is quarantined)."""
         self.session_id = config.session_id or time.strftime("%Y%m%d-%H%M%S")
         self.on_progress = on_progress
         self.install_signal_handlers = install_signal_handlers
@@ -182,10 +191,32 @@ class Collector:
         settings = self.config.explorer
         explorer = make_explorer(settings.name, spec, settings.parameters, self.config.seed)
         checkpoint = self.store.session_dir / CHECKPOINT_PATH
-        if checkpoint.exists():
-            saved = pickle.loads(checkpoint.read_bytes())
-            explorer.load_state_dict(saved["explorer"])
-            self.store.log_event("explorer_resumed", episodes_started=explorer.episodes_started)
+        if not checkpoint.exists():
+            return explorer
+        try:
+            state, after_episode = load_explorer_checkpoint(checkpoint)
+            explorer.load_state_dict(state)
+        except (DamagedCheckpointError, KeyError, TypeError, ValueError, RuntimeError) as error:
+            # damaged, an old pickle, or the state of another explorer or of other explorer parameters
+            if isinstance(error, DamagedCheckpointError):
+                reason = error.reason
+            else:
+                detail = " ".join(str(error).split())
+                reason = f"does not fit explorer {settings.name}: {type(error).__name__}: {detail}"
+            if not self.fresh_explorer:
+                self.store.log_event("explorer_checkpoint_refused", reason=reason, fsync=True)
+                raise StartRefused(
+                    f"explorer checkpoint {checkpoint} is unusable ({reason}); its state is part of the experiment: "
+                    "to continue this session with a new explorer, start again with --fresh-explorer "
+                    "(the checkpoint is then moved to quarantine/, never deleted)"
+                ) from None
+            moved = quarantine_checkpoint(checkpoint, self.store.session_dir)
+            where = moved.relative_to(self.store.session_dir).as_posix()
+            self.store.log_event("explorer_checkpoint_quarantined", reason=reason, moved_to=where, fsync=True)
+            return make_explorer(settings.name, spec, settings.parameters, self.config.seed)
+        self.store.log_event(
+            "explorer_resumed", episodes_started=explorer.episodes_started, after_episode=after_episode
+        )
         return explorer
 
     def _explorer_camera(self) -> dict[str, Any]:
@@ -550,12 +581,10 @@ class Collector:
     def _save_checkpoint(self, after_episode: int) -> None:
         """Replace the explorer checkpoint atomically, holding and retrying while the disk refuses
         (on a stop meanwhile the previous checkpoint stays, whole)."""
+        data = encode_explorer_checkpoint(self.explorer.state_dict(), after_episode)
         while True:
             try:
-                atomic_write_bytes(
-                    self.store.session_dir / CHECKPOINT_PATH,
-                    pickle.dumps({"explorer": self.explorer.state_dict(), "after_episode": after_episode}),
-                )
+                atomic_write_bytes(self.store.session_dir / CHECKPOINT_PATH, data)
                 return
             except OSError as error:
                 self._hold_for_disk("saving the explorer checkpoint", error)

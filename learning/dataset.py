@@ -5,6 +5,9 @@ store's `DamagedEpisodeWarning`). Each episode of T steps holds the states s_0..
 command a_t sent in s_t (after the safety filter: always 7 joint velocities, also in ``tip_delta``
 sessions). It gives the T - 1 transitions (s_t, a_t, r_{t+1}, s_{t+1}), t < T - 1: the last
 state has no successor. The reward r_{t+1} is the task's reward of s_{t+1} (`learning.relabel`).
+An episode salvaged from a damaged `.partial` may miss steps in its middle (`Episode.segments()`):
+each run of consecutive steps is then treated like an episode of its own (no transition, n-step
+window or frame stack crosses the gap).
 
 Ends of episodes. Every end in this project is a truncation, never a terminal: the time limit
 (``complete``) and the cuts (``safety_stop``, ``fault``, ``operator_stop``, ``crash_salvaged``)
@@ -55,8 +58,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
+from collector.datatools import read_session_yaml
 from collector.store import Episode, atomic_write_text, find_sessions, iter_episodes
 from learning.algorithms.base import ObservationSpec
 from learning.relabel import PRIVILEGED_KEYS, check_privileged, relabel
@@ -76,6 +79,15 @@ DEFAULT_SIM_CAMERAS = [{"name": "front", "width": 84, "height": 84}]
 
 class DatasetError(ValueError):
     """Data that cannot be trained on (the message says why and names the session)."""
+
+
+class DamagedSessionError(DatasetError):
+    """A session whose session.yaml is there but cannot be read as its settings (not UTF-8, not
+    YAML, not a mapping, a setting of the wrong type); the message is one line naming the file."""
+
+
+class DatasetWarning(UserWarning):
+    """Data left out of a dataset (a session with a damaged session.yaml), named in the message."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,27 +123,60 @@ class SessionInfo:
 
 
 def read_session_info(session_dir: Path) -> SessionInfo:
+    """The settings learning needs from ``<session_dir>/session.yaml``.
+
+    Raises DatasetError when there is no session.yaml, and `DamagedSessionError` (one line naming
+    the file) when it is not valid YAML, not a mapping, or holds a setting of the wrong type."""
     path = Path(session_dir) / "session.yaml"
     if not path.is_file():
         raise DatasetError(f"session {session_dir} has no session.yaml (needed for the action scale and evaluation)")
-    data = yaml.safe_load(path.read_text()) or {}
-    robot = data.get("robot") or {}
-    backend = robot.get("backend", "robosuite")
-    options = robot.get("options") or {}
-    cameras = options.get("cameras", DEFAULT_SIM_CAMERAS if backend in SIMULATED else [])
-    action_space = data.get("action_space", "joint_velocity")
-    steps = data.get("episode_steps") or (1000 if action_space == "joint_velocity" else 200)
-    return SessionInfo(
-        path=Path(session_dir),
-        session_id=str(data.get("session_id") or Path(session_dir).name),
-        backend=backend,
-        cameras=tuple(dict(c) for c in cameras or []),
-        action_space=action_space,
-        control_rate_hz=float(data.get("control_rate_hz", 20.0)),
-        episode_steps=int(steps),
-        home_q=tuple(float(x) for x in data.get("home_q", DEFAULT_HOME_Q)),
-        safety=dict(data.get("safety") or {}),
-    )
+    data, problem = read_session_yaml(Path(session_dir))
+    if problem is not None:
+        raise DamagedSessionError(f"{path}: damaged session.yaml: {problem}")
+    try:
+        robot = _mapping(data.get("robot"), "robot")
+        backend = str(robot.get("backend", "robosuite"))
+        options = _mapping(robot.get("options"), "robot.options")
+        cameras = options.get("cameras", DEFAULT_SIM_CAMERAS if backend in SIMULATED else [])
+        if not isinstance(cameras or [], list) or not all(isinstance(c, dict) for c in cameras or []):
+            raise TypeError("robot.options.cameras is not a list of mappings")
+        action_space = data.get("action_space", "joint_velocity")
+        steps = data.get("episode_steps") or (1000 if action_space == "joint_velocity" else 200)
+        info = SessionInfo(
+            path=Path(session_dir),
+            session_id=str(data.get("session_id") or Path(session_dir).name),
+            backend=backend,
+            cameras=tuple(dict(c) for c in cameras or []),
+            action_space=action_space,
+            control_rate_hz=float(data.get("control_rate_hz", 20.0)),
+            episode_steps=int(steps),
+            home_q=tuple(float(x) for x in data.get("home_q", DEFAULT_HOME_Q)),
+            safety=_mapping(data.get("safety"), "safety"),
+        )
+        info.velocity_caps  # noqa: B018 - the action scale: a safety section that does not validate is damage
+    except (TypeError, ValueError, AttributeError) as error:
+        raise DamagedSessionError(f"{path}: damaged session.yaml: {_first_problem(error)}") from None
+    return info
+
+
+def _mapping(value: Any, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} is a {type(value).__name__}, not a mapping")
+    return dict(value)
+
+
+def _first_problem(error: Exception) -> str:
+    """One line: a pydantic error's first field and message, else the exception's text."""
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError) and error.errors():
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        more = f" (+{len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
+        return f"safety.{where}: {first['msg']}{more}" if where else f"safety: {first['msg']}{more}"
+    return " ".join(str(error).split())
 
 
 def _check_compatible(infos: list[SessionInfo]) -> None:
@@ -252,15 +297,28 @@ class OfflineDataset:
             raise DatasetError(str(error)) from None
         episodes: list[Episode] = []
         infos: list[SessionInfo] = []
+        self.skipped_sessions: list[str] = []
+        """One line per session left out (its session.yaml is damaged), naming the file."""
         for sd in session_dirs:
+            try:
+                info: SessionInfo | None = read_session_info(sd)
+            except DamagedSessionError as error:  # skipped like a damaged episode, with a warning below
+                self.skipped_sessions.append(str(error))
+                continue
+            except DatasetError:
+                info = None  # no session.yaml: refused below if the session holds episodes
             eps = list(iter_episodes(sd, required_keys=BASE_KEYS, verify_checksum=verify_checksum))
             eps = [e for e in eps if e.steps >= 2]
             if not eps:
                 continue
-            infos.append(read_session_info(sd))
+            infos.append(info if info is not None else read_session_info(sd))
             for e in eps:
                 e.session_dir = sd  # type: ignore[attr-defined]
             episodes += eps
+        if not episodes and self.skipped_sessions:
+            raise DatasetError("; ".join(self.skipped_sessions) + " (no other session holds episodes)")
+        for skipped in self.skipped_sessions:
+            warnings.warn(f"{skipped}; skipping the session", DatasetWarning, stacklevel=2)
         if not episodes:
             where = ", ".join(str(s) for s in self.sources)
             raise DatasetError(
@@ -321,8 +379,9 @@ class OfflineDataset:
             actions[a:b] = np.clip(command / self.action_limit, -1.0, 1.0)
             reward_state[a:b], success_state[a:b] = relabel(self.task, arrays)
             tip[a:b] = arrays["obs/tip_pos"]
-            first[a:b] = a
-            ep_last[a:b] = b - 1
+            for s, t in ep.segments():  # one (0, T) unless a salvage lost steps: no transition across a gap
+                first[a + s : a + t] = a + s
+                ep_last[a + s : a + t] = a + t - 1
             ep.close()
         self.tip_pos = tip
         self.reward_state = reward_state
@@ -518,6 +577,7 @@ class OfflineDataset:
             outcomes[o] = outcomes.get(o, 0) + 1
         return {
             "sessions": [str(s.path) for s in self.sessions],
+            "skipped_sessions": list(self.skipped_sessions),
             "episodes": self.num_episodes,
             "states": self.num_states,
             "transitions": self.num_transitions,

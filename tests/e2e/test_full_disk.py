@@ -92,7 +92,7 @@ def test_enospc_anywhere_holds_the_arm_and_collection_resumes_once_space_is_free
             assert daemon.poll() is None, "the collector died on a full disk"
             filler.unlink()
             send_request(address, "resume", reason="space freed")
-            wait_for(lambda: _progress(address)[0] > frozen + 3, timeout_s=60)
+            wait_for(lambda frozen=frozen: _progress(address)[0] > frozen + 3, timeout_s=60)
         send_request(address, "stop")
         assert daemon.wait(timeout=120) == 0
     finally:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import itertools
 import pathlib
-import pickle
 import subprocess
 
 import pytest
 
+from collector.checkpoint import load_explorer_checkpoint
 from collector.control import send_request
 from collector.store import iter_episodes, read_events, read_manifest
 from tests.e2e.conftest import pandalab, wait_for, wait_until_answering, write_config
@@ -78,7 +78,7 @@ def test_runs_episodes_through_the_daemon(finished_sessions, explorer, backend, 
             goal = recorded.metadata["goal"]
             assert 0 <= goal["episode"] < recorded.index and 0 <= goal["step"] < STEPS
             assert ("vector" in goal) == (observation == "proprio")
-    checkpoint = pickle.loads((session / "explorer" / "checkpoint.pt").read_bytes())["explorer"]
+    checkpoint, _ = load_explorer_checkpoint(session / "explorer" / "checkpoint.pt")
     assert checkpoint["episodes_started"] == EPISODES
     assert checkpoint["known_episodes"] == [e.index for e in manifest]
 
@@ -97,8 +97,7 @@ def test_killed_gcrnd_session_continues_the_same_explorer(tmp_path):
     finally:
         daemon.kill()
         daemon.wait()
-    before = pickle.loads(checkpoint_path.read_bytes())
-    state = before["explorer"]
+    state, _ = load_explorer_checkpoint(checkpoint_path)
     assert state["episodes_started"] >= 4 and state["rnd_cycles"] >= 2
 
     daemon = pandalab("collect", "--config", str(config))
@@ -110,7 +109,7 @@ def test_killed_gcrnd_session_continues_the_same_explorer(tmp_path):
     finally:
         if daemon.poll() is None:
             daemon.kill()
-    after = pickle.loads(checkpoint_path.read_bytes())["explorer"]
+    after, _ = load_explorer_checkpoint(checkpoint_path)
 
     events = read_events(session)
     resumed = [e for e in events if e["kind"] == "explorer_resumed"]

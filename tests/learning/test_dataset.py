@@ -198,3 +198,44 @@ def test_default_reward_scale_spreads_episode_returns_over_a_thousand():
 
     assert default_reward_scale(np.array([-80.0, -30.0, -55.0])) == pytest.approx(20.0)
     assert default_reward_scale(np.array([-42.0])) == 1.0  # no spread: rewards left as they are
+
+
+def test_a_salvaged_episode_with_missing_steps_gives_no_transition_across_the_gap(tmp_path):
+    """A `.partial` damaged in its middle is salvaged with steps 10..19 missing (collector/store):
+    the dataset treats steps 0..9 and 20..39 as two runs, never pairing s_9 with s_20."""
+    from collector.store import SessionStore, scan_partial
+
+    from .helpers import HOME_Q, session_yaml
+
+    opts = {"flush_every_steps": 10, "flush_interval_s": 3600.0, "free_space_floor_bytes": 0}
+    with SessionStore.open(tmp_path, "s", session_yaml_text=session_yaml("s", episode_steps=40), **opts) as store:
+        rec = store.begin_episode({"explorer": "synthetic"})
+        for t in range(40):
+            q = np.array(HOME_Q)
+            q[0] = t / 1000.0
+            rec.append(
+                {
+                    "time": np.float64(t / 20.0),
+                    "obs/q": q,
+                    "obs/dq": np.zeros(7),
+                    "obs/tip_pos": np.array([0.45 + 0.01 * t, 0.0, 0.1]),
+                    "command": 0.25 * np.sin(np.arange(7) + t),
+                }
+            )
+        rec.abandon()
+    data = bytearray(rec.path.read_bytes())
+    data[scan_partial(rec.path).chunks[1][2] + 3] ^= 0xFF  # an array byte of steps 10..19
+    rec.path.write_bytes(bytes(data))
+    SessionStore.open(tmp_path, "s", free_space_floor_bytes=0).close()  # salvages it
+
+    ds = OfflineDataset(tmp_path / "s", "reach:0", "proprio", n_step=3, gamma=0.9)
+    assert ds.num_states == 30 and ds.num_transitions == 9 + 19
+    assert 9 not in ds.valid_np.tolist()  # s_9 is the last state of its run
+    assert ds.first[9].item() == 0 and ds.first[10].item() == 10  # frame stacks restart after the gap
+    b = ds.batch(ds.valid_np)
+    step = torch.round(b["obs"][:, 0] * 1000)
+    step_next = torch.round(b["next_obs"][:, 0] * 1000)
+    gap = step_next - step
+    assert ((gap >= 1) & (gap <= 3)).all(), "an n-step window crossed the gap"
+    assert not ((step < 10) & (step_next >= 20)).any()
+    assert b["discount"][ds.valid_np.tolist().index(8)].item() == pytest.approx(0.9)  # s_8 -> s_9 only
