@@ -18,7 +18,7 @@ from collector.explorers import explorer_class
 from robot_drivers import ActionSpace, backend_names, driver_class
 from safety.limits import SafetyLimits
 from safety.reset import DEFAULT_HOME_Q as SAFETY_HOME_Q
-from safety.strict_model import ConfigTooLarge, StrictModel, non_finite_paths
+from safety.strict_model import ConfigTooLarge, StrictModel, non_finite_paths, validation_problems
 
 SIMULATED_BACKENDS = ("robosuite", "pybullet")
 DEFAULT_HOME_Q = tuple(float(x) for x in SAFETY_HOME_Q)
@@ -202,13 +202,7 @@ class ConfigError(ValueError):
 
 
 def _format_errors(error: ValidationError, prefix: str = "") -> list[str]:
-    lines = []
-    for item in error.errors():
-        location = prefix + ".".join(str(part) for part in item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
-        location = location.rstrip(".")
-        lines.append(f"{location}: {message}" if location else message)  # model checks name their field
-    return lines
+    return validation_problems(error, prefix)
 
 
 def _option_problems(data: dict[str, Any]) -> list[str]:

@@ -40,7 +40,7 @@ import torch
 from pydantic import ConfigDict, Field, ValidationError
 
 from collector.store import atomic_write_bytes, atomic_write_text
-from safety.strict_model import StrictModel
+from safety.strict_model import StrictModel, validation_problems
 
 CHECKPOINT_FORMAT = "pandalab-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -228,7 +228,9 @@ def build_algorithm(name: str, algo_config: dict[str, Any], obs_spec, action_dim
         raise TrainError(f"unknown algorithm {name!r}; known: {', '.join(sorted(ALGORITHMS))}")
     try:
         return make_algorithm(name, dict(algo_config), obs_spec, action_dim, device)
-    except (ValidationError, ValueError) as error:
+    except ValidationError as error:
+        raise TrainError(f"algo_config for {name}: {'; '.join(validation_problems(error))}") from None
+    except ValueError as error:
         raise TrainError(f"algo_config for {name}: {error}") from None
 
 
@@ -655,8 +657,14 @@ def main_train(args) -> int:
     try:
         config = config_from_args(args)
         report = train(config, resume=args.resume)
-    except (TrainError, DatasetError, PrivilegedStateMissing, ValidationError, json.JSONDecodeError) as error:
-        print(f"pandalab train: {error}", file=sys.stderr)
+    except ValidationError as error:
+        print(f"pandalab train: {'; '.join(validation_problems(error))}", file=sys.stderr)
+        return 2
+    except json.JSONDecodeError as error:
+        print(f"pandalab train: --algo-config is not JSON: {error}", file=sys.stderr)
+        return 2
+    except (TrainError, DatasetError, PrivilegedStateMissing) as error:
+        print(f"pandalab train: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     print(summary_text(report))
     return 0

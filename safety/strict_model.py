@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 MAX_CONFIG_NODES = 100_000
 """Most values (mappings, lists, numbers, strings) one config may hold; a larger one (e.g. a YAML
@@ -69,3 +69,14 @@ class StrictModel(BaseModel):
         if bad:
             raise ValueError("numbers must be finite; refused " + ", ".join(bad[:8]))
         return data
+
+
+def validation_problems(error: ValidationError, prefix: str = "") -> list[str]:
+    """One ``field: what is wrong`` line per problem of a pydantic error (no pydantic boilerplate);
+    a model-level check names its field itself."""
+    lines = []
+    for item in error.errors():
+        location = (prefix + ".".join(str(part) for part in item["loc"])).rstrip(".")
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{location}: {message}" if location else message)
+    return lines
