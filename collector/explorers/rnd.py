@@ -55,6 +55,9 @@ Deviations and choices (the paper is silent unless stated):
   has no rollout returns).  002's "proportion of experience used for training the predictor 0.25"
   is an on-policy detail of the RND paper, not used by 003's K-epoch schedule.
 - The transition of an episode's last recorded step is not used: its next state is not recorded.
+  Nor is that of the last step before a gap, in an episode salvaged with steps missing
+  (`Episode.segments()`): each run of consecutive steps is replayed as its own episode, and a
+  (s_t, a_t, s_t+1) pair never spans missing steps.
   Actions are replayed as the explorer chose them (the `action` field), scaled to [-1, 1].
 - `train_time_budget_s` (optional): on hardware the arm is held while `train` runs; stop the TD3
   updates of this episode once the budget is spent (the RND cycle still runs).  Off by default
@@ -442,7 +445,14 @@ class EpisodeReplay:
     store index) and returns their indices; arrays load on first use (`observations`, `actions`)
     and stay cached (LRU-bounded by ``max_cached``).  A damaged episode is skipped with a warning
     and never sampled.  Observations are what the explorer sees: vectors (q, dq[, cube_pos,
-    cube_quat]) as float32 (T, D), images of the explorer's camera as uint8 (T, H, W, 3)."""
+    cube_quat]) as float32 (T, D), images of the explorer's camera as uint8 (T, H, W, 3).
+
+    Transitions (row t -> t + 1) exist only inside a segment (`Episode.segments()`: one for an
+    episode recorded whole; a salvaged one with steps missing has several).  The manifest does
+    not say which episodes have gaps: an episode's segments are read when it is first loaded
+    (`_cuts`, kept when its arrays are evicted), and `sample_transitions` loads the episodes of a
+    draw that were never loaded before it returns it (drawing again if one of them had gaps or was
+    damaged), so no sampled t is ever the last row of a segment."""
 
     def __init__(self, spec: ExplorerSpec, max_cached: int | None = None) -> None:
         self.spec = spec
@@ -451,6 +461,11 @@ class EpisodeReplay:
         self._cache: collections.OrderedDict[int, dict[str, np.ndarray]] = collections.OrderedDict()
         self._camera: str | None = None
         self._session_dir: pathlib.Path | None = None
+        self._inspected: set[int] = set()
+        """Store indices whose segments are known (loaded at least once)."""
+        self._cuts: dict[int, np.ndarray] = {}
+        """Episodes with gaps only: sorted rows t whose row t + 1 starts a new segment."""
+        self._tables_version = 0
         self._rebuild()
 
     # -- registration
@@ -470,13 +485,28 @@ class EpisodeReplay:
         lengths = np.array([self.infos[i].steps for i in self.indices], dtype=np.int64)
         self.lengths = lengths
         self._state_ends = np.cumsum(lengths)
-        self._transition_ends = np.cumsum(np.maximum(lengths - 1, 0))
+        counts = np.maximum(lengths - 1, 0)
+        if self._cuts:  # episodes with gaps: one transition fewer per segment after the first
+            counts = counts - np.array([len(self._cuts.get(int(i), ())) for i in self.indices], dtype=np.int64)
+        self._transition_counts = counts
+        self._transition_ends = np.cumsum(counts)
+        self._tables_version += 1
 
     def _drop(self, index: int, reason: str) -> None:
         warnings.warn(f"explorer replay: skipping damaged episode {index}: {reason}", stacklevel=3)
         self.infos.pop(index, None)
         self._cache.pop(index, None)
+        self._inspected.discard(index)
+        self._cuts.pop(index, None)
         self._rebuild()
+
+    def _note_segments(self, index: int, segments: list[tuple[int, int]]) -> None:
+        """Record an episode's segments (once, on its first load); tables rebuilt if it has gaps."""
+        self._inspected.add(index)
+        cuts = np.array([b - 1 for _, b in segments[:-1]], dtype=np.int64)
+        if len(cuts):
+            self._cuts[index] = cuts
+            self._rebuild()
 
     @property
     def total_states(self) -> int:
@@ -524,15 +554,20 @@ class EpisodeReplay:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        info = self.infos[index]
+        info = self.infos.get(index)
+        if info is None:  # dropped as damaged since it was drawn
+            return None
         try:
             with open_episode(info.path, expected_sha256=info.sha256, info=info) as episode:
                 keys = self._observation_key(episode)
                 arrays = [episode.load(k) for k in keys]
                 action = episode.load("action").astype(np.float32)
+                segments = None if index in self._inspected else episode.segments()
         except (DamagedEpisodeError, KeyError, OSError) as error:
             self._drop(index, str(error))
             return None
+        if segments is not None:
+            self._note_segments(index, segments)
         if self.spec.observation_kind == "image":
             obs = arrays[0].astype(np.uint8, copy=False)
         else:
@@ -550,11 +585,35 @@ class EpisodeReplay:
 
     # -- sampling (numpy Generator: part of the explorer's checkpointed state)
     def sample_transitions(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` transitions uniformly over all (store index, step t) with a recorded s_t+1."""
-        flat = rng.integers(0, self.total_transitions, size=n)
-        slot = np.searchsorted(self._transition_ends, flat, side="right")
-        starts = self._transition_ends - np.maximum(self.lengths - 1, 0)
-        return self.indices[slot], flat - starts[slot]
+        """``n`` transitions uniformly over all (store index, row t) whose row t + 1 is the next
+        step (the same segment: never across missing steps); empty arrays when there is none."""
+        while True:
+            if self.total_transitions == 0:
+                return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+            flat = rng.integers(0, self.total_transitions, size=n)
+            slot = np.searchsorted(self._transition_ends, flat, side="right")
+            starts = self._transition_ends - self._transition_counts
+            episodes, steps = self.indices[slot], flat - starts[slot]
+            if self._segments_known(episodes):
+                break
+        if self._cuts:  # k-th transition of an episode with gaps -> its row, skipping segment ends
+            for index in np.unique(episodes):
+                cuts = self._cuts.get(int(index))
+                if cuts is not None:
+                    rows = episodes == index
+                    steps[rows] += np.searchsorted(cuts - np.arange(len(cuts)), steps[rows], side="right")
+        return episodes, steps
+
+    def _segments_known(self, episodes: np.ndarray) -> bool:
+        """Load the episodes of a draw never loaded before (their segments become known); False if
+        that changed the tables (an episode with gaps, or a damaged one dropped): draw again."""
+        unseen = [int(i) for i in np.unique(episodes) if int(i) not in self._inspected]
+        if not unseen:
+            return True
+        version = self._tables_version
+        for index in unseen:
+            self._load(index)
+        return self._tables_version == version
 
     def sample_states(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``min(n, all)`` distinct states uniformly over all (store index, step)."""

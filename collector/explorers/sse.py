@@ -70,9 +70,13 @@ close to dq, which is in the state.
 Replay.  The episode store is the replay buffer: `train(store)` reads the finished episodes of
 the session (its manifest) that are not yet in an in-memory cache keyed by store index; after a
 restart the cache is rebuilt from the store.  The checkpoint (`state_dict`) holds networks,
-optimisers, counters and random generator states, never data.  Explorers never see rewards or
-privileged state (proprio+object sessions are explicitly privileged: the cube pose *is* their
-observation).
+optimisers, counters and random generator states, never data.  An episode salvaged from a damaged
+`.partial` with steps missing (`Episode.segments()`) gives transitions inside each run of
+consecutive steps only, never (x_t, a_t, x_t+k) across a gap: the last step before a gap is, like
+an episode's last step, the start of no transition.  Its done label stays 0 (the episode went on:
+that step did not end it); only an episode's last recorded step can be labelled done.
+Explorers never see rewards or privileged state (proprio+object sessions are explicitly
+privileged: the cube pose *is* their observation).
 
 Budget.  `updates_per_episode` gradient updates per `train` call (each: both forward models, the
 termination model and the actor); None = one per new transition, as 001's loop updated once per
@@ -293,7 +297,11 @@ class SelfSupervisedExploration(Explorer):
             actions = np.clip(episode.load("action") / self.action_limit, -1.0, 1.0).astype(np.float32)
             done = np.zeros(episode.steps, dtype=np.float32)
             done[-1] = float(episode.outcome in self.config.done_outcomes)
-        return {"x": states.astype(np.float32), "a": actions, "done": done}
+            segments = episode.segments()
+        data = {"x": states.astype(np.float32), "a": actions, "done": done}
+        if len(segments) > 1:  # steps missing: rows t with a recorded next state t + 1 (no gap between)
+            data["pair_rows"] = np.concatenate([np.arange(a, b - 1) for a, b in segments]).astype(np.int64)
+        return data
 
     def _refresh(self, store: Any) -> int:
         """Read finished episodes not yet cached; returns how many were added."""
@@ -312,10 +320,12 @@ class SelfSupervisedExploration(Explorer):
         episodes = [self._cache[i] for i in sorted(self._cache) if self._cache[i] is not None]
         empty_x = np.zeros((0, self.state_dim), np.float32)
         empty_a = np.zeros((0, self.spec.action_dim), np.float32)
+        rows = [e.get("pair_rows", slice(0, -1)) for e in episodes]  # t with x_t+1 recorded: no gap
+        nexts = [r + 1 if isinstance(r, np.ndarray) else slice(1, None) for r in rows]
         return {
-            "x": np.concatenate([e["x"][:-1] for e in episodes] or [empty_x]),
-            "a": np.concatenate([e["a"][:-1] for e in episodes] or [empty_a]),
-            "next_x": np.concatenate([e["x"][1:] for e in episodes] or [empty_x]),
+            "x": np.concatenate([e["x"][r] for e, r in zip(episodes, rows, strict=True)] or [empty_x]),
+            "a": np.concatenate([e["a"][r] for e, r in zip(episodes, rows, strict=True)] or [empty_a]),
+            "next_x": np.concatenate([e["x"][r] for e, r in zip(episodes, nexts, strict=True)] or [empty_x]),
             "all_x": np.concatenate([e["x"] for e in episodes] or [empty_x]),
             "all_a": np.concatenate([e["a"] for e in episodes] or [empty_a]),
             "done": np.concatenate([e["done"] for e in episodes] or [np.zeros(0, np.float32)]),
