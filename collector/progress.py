@@ -37,19 +37,31 @@ def _event_text(event: dict[str, Any] | None) -> str:
     if not event:
         return "none"
     where = "" if event.get("where") is None else f" {event['where']}"
-    return f"{event['kind']}{where} ({event.get('magnitude')})"
+    magnitude = event.get("magnitude")
+    amount = f" ({magnitude:.3g})" if isinstance(magnitude, int | float) else ""
+    when = f" at {event['at'][11:]}" if event.get("at") else ""
+    return f"{event['kind']}{where}{amount}{when}"
+
+
+def _state_text(status: dict[str, Any]) -> str:
+    state = status["state"]
+    if status.get("hold_reason"):
+        return f"{state}: {status['hold_reason']}"
+    if state == "stopping":
+        return "stopping: finishing the episode (Ctrl-C again: stop the arm now and exit)"
+    return state
 
 
 def render_status(status: dict[str, Any]) -> Table:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
-    state = status["state"] + (f" — {status['hold_reason']}" if status.get("hold_reason") else "")
-    table.add_row("session", f"{status['session']}   state: {state}")
+    table.add_row("session", f"{status['session']}   state: {_state_text(status)}")
     table.add_row("episode", f"{status['episode']}  step {status['episode_step']}/{status['episode_steps']}")
     table.add_row("collected", f"{status['episodes']} episodes, {status['transitions']} transitions")
     table.add_row("rate", f"{status['step_rate_hz']:.1f} steps/s   ETA {_format_duration(eta_seconds(status))}")
-    table.add_row("last safety event", _event_text(status.get("last_safety_event")))
+    table.add_row("safety", f"{status.get('interventions', 0)} filter interventions this episode")
+    table.add_row("last incident", _event_text(status.get("last_incident")))
     table.add_row("disk free", f"{status.get('disk_free_gb')} GB")
     return table
 
@@ -63,6 +75,7 @@ class ProgressDisplay:
         self.live = Live(console=self.console, refresh_per_second=4) if self.interactive else None
         self.log_every_s = log_every_s
         self._last_line = 0.0
+        self._last_state: str | None = None
 
     def __enter__(self) -> ProgressDisplay:
         if self.live is not None:
@@ -78,12 +91,14 @@ class ProgressDisplay:
             self.live.update(render_status(status))
             return
         now = time.monotonic()
-        if now - self._last_line >= self.log_every_s or status["state"] == "stopped":
+        changed = status["state"] != self._last_state
+        self._last_state = status["state"]
+        if now - self._last_line >= self.log_every_s or changed:
             self._last_line = now
             print(
-                f"[{time.strftime('%H:%M:%S')}] {status['state']} episode {status['episode']} "
+                f"[{time.strftime('%H:%M:%S')}] {_state_text(status)} | episode {status['episode']} "
                 f"step {status['episode_step']} | {status['episodes']} episodes {status['transitions']} transitions "
                 f"| {status['step_rate_hz']:.1f} steps/s ETA {_format_duration(eta_seconds(status))} "
-                f"| last safety event: {_event_text(status.get('last_safety_event'))}",
+                f"| last incident: {_event_text(status.get('last_incident'))}",
                 flush=True,
             )

@@ -14,7 +14,8 @@ from it, its state is checkpointed atomically, and the arm is reset (planned thr
 filter on hardware, teleported in simulation).
 
 Operator requests (ZMQ, `collector.control`) are answered once per step; SIGINT / SIGTERM act as
-``stop`` (finish the episode, then exit) and a second SIGINT as ``estop``.  The store asking to
+``stop`` (finish the episode, then exit) and a second SIGINT as an e-stop that ends the session
+(the arm stops at once and is not moved home).  The store asking to
 hold (disk nearly full, writer behind) stops the arm; nothing is dropped.
 """
 
@@ -54,12 +55,15 @@ from collector.store import (
 from robot_drivers import ActionSpace, DriverFault, RobotState, create_driver
 from robot_drivers.safe_driver import SafeDriver
 from safety import ResetPlanningError, SafetyEvent, ViolationMonitor, Watchdog, contact_events
+from safety.types import INCIDENT_KINDS
 
 CHECKPOINT_PATH = pathlib.Path("explorer") / "checkpoint.pt"
 """Explorer checkpoint inside the session directory (`collector.checkpoint`: no pickle, checksummed)."""
-LOGGED_EVENT_KINDS = {"nonfinite", "fault", "emergency_brake", "watchdog", "violation", "hold"}
-"""Safety events written to events.jsonl one by one; the frequent kinds (clips, limits) are
-counted per episode in its metadata instead."""
+LOGGED_EVENT_KINDS = INCIDENT_KINDS
+"""Safety events written to events.jsonl one by one (incidents); the filter's routine interventions
+(clips, limits, clearances) are counted per episode in its metadata and in `status` instead."""
+RATE_WINDOW_S = 2.0
+"""The step rate in `status` counts the steps of the last this many seconds (0 while paused)."""
 TELEMETRY_PERIOD_S = 0.5
 MAX_CONSECUTIVE_FAULTS = 3
 """Driver faults in a row (each followed by a failed recovery) before the collector gives up."""
@@ -70,6 +74,15 @@ class StartRefused(RuntimeError):
     another collector, an unusable explorer checkpoint); the message is one line for the operator.
     The arm was not moved and nothing new was created on disk (a refused resume of an existing
     session appends its reason to that session's events.jsonl)."""
+
+
+def _rounded(value: Any) -> Any:
+    """A magnitude for people: four significant digits."""
+    return float(f"{value:.4g}") if isinstance(value, float) and np.isfinite(value) else value
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 @dataclasses.dataclass
@@ -106,7 +119,11 @@ class Collector:
         self.episodes = 0
         self.episode_index: int | None = None
         self.episode_step = 0
-        self.last_safety_event: dict[str, Any] | None = None
+        self.last_incident: dict[str, Any] | None = None
+        """The last safety incident (a stop, a limit crossed, a contact), magnitudes rounded."""
+        self.episode_interventions = 0
+        """The filter's routine interventions in the current episode (clips, limits, clearances)."""
+        self._estopped = False
         self.started_at = time.monotonic()
         self.needs_reset = True
         self._step_times: collections.deque[float] = collections.deque(maxlen=200)
@@ -237,16 +254,40 @@ class Collector:
         return np.concatenate(parts)
 
     # ---- operator requests ----------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """The one state every report uses (`status`, telemetry, the panel, the log): ``held``
+        (``hold_reason`` says why) or ``paused`` while the arm is kept still for the operator,
+        else what the loop is doing: ``starting``, ``resetting``, ``running``, ``training``,
+        ``stopping`` (a stop was asked for: the episode is being finished), ``stopped``."""
+        if self.state_name in ("starting", "stopped"):
+            return self.state_name
+        if self.hold_reason:
+            return "held"
+        if self.paused:
+            return "paused"
+        if self.stop_requested and self.state_name == "running":
+            return "stopping"
+        return self.state_name
+
+    def step_rate_hz(self, now: float | None = None) -> float:
+        """Control steps per second over the last `RATE_WINDOW_S` (falls to 0 when stepping stops)."""
+        now = time.monotonic() if now is None else now
+        recent = [t for t in self._step_times if t > now - RATE_WINDOW_S]
+        if not recent:
+            return 0.0
+        span = max(now - recent[0], 1e-6)
+        return len(recent) / span if len(recent) > 1 else 0.0
+
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
-        times = list(self._step_times)
-        rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+        rate = self.step_rate_hz(now)
         health = self.store.health() if self.store else None
         target = self.config.stop
         return {
             "session": self.session_id,
             "pid": os.getpid(),
-            "state": self.state_name,
+            "state": self.state,
             "paused": self.paused,
             "hold_reason": self.hold_reason,
             "episode": self.episode_index,
@@ -261,7 +302,8 @@ class Collector:
                 "episodes": target.episodes,
                 "wall_time_s": target.wall_time_s,
             },
-            "last_safety_event": self.last_safety_event,
+            "last_incident": self.last_incident,
+            "interventions": self.episode_interventions,
             "disk_free_gb": round(health.free_bytes / 1e9, 3) if health else None,
             "stop_requested": self.stop_requested,
         }
@@ -275,6 +317,7 @@ class Collector:
         elif command == "resume":
             self.paused = False
             self.hold_reason = None
+            self._estopped = False
             self.monitor.release()
         elif command == "stop":
             self.stop_requested = True
@@ -284,9 +327,15 @@ class Collector:
         return self.status()
 
     def _estop_now(self) -> None:
-        """Stop the arm immediately, from the request handler (inside the loop's thread)."""
+        """Stop the arm now (the driver's stop, within the acceleration limits), from the loop's
+        thread.  An operator e-stop (``ctl estop``) then holds until ``resume``; an e-stop by a
+        second Ctrl-C / SIGINT ends the session instead (the operator at the keyboard wants out),
+        leaving the arm where it stopped: it is not moved home afterwards."""
         with contextlib.suppress(DriverFault):
             self.safe.stop()
+        self._estopped = True
+        if self.stop_requested:
+            return
         self.paused = True
         self.hold_reason = "e-stop: send resume to continue"
 
@@ -351,9 +400,9 @@ class Collector:
             if faults >= MAX_CONSECUTIVE_FAULTS:
                 self.store.log_event("giving_up", faults=faults, fsync=True)
                 return 1
-        if self.needs_reset:
+        if self.needs_reset and not (self._estopped or self.estop_requested):
             with contextlib.suppress(DriverFault):
-                self._recover_arm()  # leave the arm at home, at rest
+                self._recover_arm()  # leave the arm at home, at rest (never after an e-stop)
         self.state_name = "stopped"
         self.store.log_event("session_stop", episodes=self.episodes, transitions=self.transitions, fsync=True)
         self._poll(force_telemetry=True)
@@ -387,7 +436,6 @@ class Collector:
                     with contextlib.suppress(DriverFault):
                         self.safe.stop()
                     stopped = True
-                self.state_name = "held" if self.hold_reason else "paused"
                 self._poll()
                 if self.stop_requested:
                     return False
@@ -435,6 +483,7 @@ class Collector:
             self._hold_for_disk(f"starting episode {self.store.next_index}", error)
             return EpisodeResult(-1, 0, "not_started")
         self.episode_index, self.episode_step = recorder.index, 0
+        self.episode_interventions = 0
         self.state_name = "running"
         observations, loop_periods, counts = [], [], collections.Counter()
         missed_deadlines, outcome = 0, "complete"
@@ -528,12 +577,12 @@ class Collector:
             counts[event.kind] += 1
             if log_all or event.kind in LOGGED_EVENT_KINDS:
                 record = event.to_dict()
-                self.last_safety_event = record
+                self.last_incident = {**record, "magnitude": _rounded(record.get("magnitude")), "at": _now_iso()}
                 # The event's own kind travels as "event": the store's record already has a "kind" ("safety").
                 fields = {("event" if key == "kind" else key): value for key, value in record.items()}
                 self.store.log_event("safety", episode=self.episode_index, **fields, fsync=True)
-        if events and not log_all:
-            self.last_safety_event = events[-1].to_dict()
+            else:
+                self.episode_interventions += 1
 
     def _end_episode(self, recorder, outcome, observations, loop_periods, missed, counts) -> EpisodeResult:
         periods = np.array(loop_periods) if loop_periods else np.zeros(1)

@@ -371,7 +371,7 @@ class SafetyFilter:
             for k in np.flatnonzero(worst[rejected] < 0.0):
                 name = CONSTRAINT_NAMES[k]
                 if name in _BASE_CONSTRAINTS:
-                    events.append(SafetyEvent("self_collision", name, removed, "kept away from the base column"))
+                    events.append(SafetyEvent("self_clearance", name, removed, "kept away from the base column"))
                     continue
                 is_table = name in _BODY_CONSTRAINTS or (
                     name == "z_min" and self.limits.tip_lower[2] > self.limits.workspace_min[2]
@@ -379,7 +379,7 @@ class SafetyFilter:
                 where = ("tip" if name == "z_min" else name) if is_table else name
                 events.append(
                     SafetyEvent(
-                        "table" if is_table else "workspace",
+                        "table_clearance" if is_table else "workspace",
                         where,
                         removed,
                         f"motion scaled to {1.0 - removed:.4f} of the request",

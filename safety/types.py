@@ -20,22 +20,29 @@ JOINT_VELOCITY = "joint_velocity"
 """The only kind of command the safety layer emits (matches ``ActionSpace.joint_velocity``)."""
 
 EVENT_KINDS = (
-    "nonfinite",  # a NaN or inf in the action or the state: stop
-    "fault",  # a malformed action (wrong shape): stop
+    # interventions: the filter shaping a command, routine in every episode
     "velocity_clip",  # a joint velocity above the cap, or a tip_delta step above its range
     "acceleration_limit",  # the change from the previous command limited to acceleration * period
     "joint_limit",  # motion toward a joint limit reduced so the joint brakes before the limit
     "workspace",  # motion that would carry the tool tip out of the box reduced
-    "table",  # motion that would carry the tool tip or the arm below its height above the table reduced
+    "table_clearance",  # motion that would bring the tool tip or the arm too near the table reduced
+    "self_clearance",  # motion that would bring two parts of the arm too near each other reduced
     "tip_speed",  # motion reduced to the tool-tip speed limit
-    "emergency_brake",  # braking harder than the acceleration limit (state inconsistent with the last command)
-    "watchdog",  # stale state or missed loop deadline: stop
+    # incidents: something went wrong, or nearly did
+    "nonfinite",  # a NaN or inf in the action or the state: emergency stop
+    "fault",  # a malformed action (wrong shape): emergency stop
+    "emergency_brake",  # braking harder than the operating acceleration limit (state inconsistent)
+    "watchdog",  # stale state or missed loop deadline: emergency stop
     "violation",  # a state outside the limits (monitor)
-    "self_collision",  # simulator contact of the arm with itself; or motion reduced to keep the arm off its base
+    "self_collision",  # simulator contact of the arm with itself
     "table_collision",  # simulator contact of the arm with the table
     "hold",  # too many violations in the window: hold for the operator
 )
 """Every ``SafetyEvent.kind`` this package emits."""
+INTERVENTION_KINDS = frozenset(EVENT_KINDS[:7])
+"""The filter's routine shaping of commands: counted, not alarming."""
+INCIDENT_KINDS = frozenset(EVENT_KINDS[7:])
+"""Events an operator must see: a stop, a limit crossed, a real contact."""
 
 
 @dataclasses.dataclass(frozen=True)
