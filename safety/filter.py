@@ -222,6 +222,9 @@ class SafetyFilter:
         # 4. joint limits, per joint, closed form
         hi = max_speed_toward(self._q_upper - q, self._acc, self.period)
         lo = -max_speed_toward(q - self._q_lower, self._acc, self.period)
+        # A joint already too fast for its limit still brakes no harder than the arm can.
+        lo = np.minimum(lo, previous + self._hard_step)
+        hi = np.maximum(hi, previous - self._hard_step)
         limited = np.clip(requested, lo, hi)
         for i in np.flatnonzero(np.abs(limited - requested) > 1e-12):
             events.append(SafetyEvent("joint_limit", int(i), float(abs(requested[i] - limited[i]))))
