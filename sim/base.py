@@ -1,15 +1,64 @@
-"""What both simulated backends share: the control period, the two action spaces, state assembly.
+"""What both simulated backends share: the control period, the two action spaces, the joint servo
+(command ramp, position hold), state assembly.
 
 A backend subclasses `SimPandaDriver` and implements the physics hooks (the abstract methods starting
 with an underscore); everything the rest of the system sees
 (`RobotDriver`'s methods) is implemented once, here, so the backends cannot drift apart.
 
-Control (both backends): joint velocities are tracked by the backend's joint velocity servo.
+Joint servo (both backends), modelled on a real Panda in joint velocity control: libfranka's rate
+limiter limits how fast the commanded velocity changes, then the robot's controller tracks the
+limited command and its integral.  For each command (one control period; one inverse-kinematics
+interval under tip_delta control) and then per physics substep (PyBullet 1/240 s, MuJoCo 2 ms):
+
+- **Position hold**, once per command: ``q_ref`` integrates the ramped command (the real
+  controller's desired position ``q_d``), and the command gets a correction ``(q_ref - q) /
+  max(HOLD_TIME_CONSTANT_S, duration)``, which brings the arm back onto ``q_ref`` by the end of a
+  20 Hz period (dead-beat).  Chosen over more holding torque: a velocity servo has no position
+  feedback, so under gravity or a steady contact force it tracks zero with a small constant
+  velocity error that integrates into creep (PyBullet's velocity motors crept 47 mrad in 10 s at
+  joint 4 with the arm stretched out, and `stop` never saw rest), whatever its torque.  ``q_ref``
+  is kept within `HOLD_MAX_ERROR_RAD` of ``q`` (a blocked arm does not wind up), so the correction
+  never exceeds 0.02 rad/s; `reset` and the end of `stop` re-anchor it on the measured ``q``.
+- **Command ramp** (libfranka's rate limiter), per substep: the servo target moves toward command
+  plus correction, each joint separately, with acceleration at most `JOINT_ACCELERATION_LIMIT`
+  (Franka's published 15, 7.5, 10, 12.5, 15, 20, 20 rad/s^2) and jerk at most `FRANKA_DDDQ_MAX`
+  (its change per substep changes by at most ``j * timestep**2``; with ``j = 500 a`` for every
+  joint that only binds at MuJoCo's 2 ms, where reversing the acceleration takes two substeps),
+  clipped to Franka's maximum speeds `JOINT_SPEED_HARD_LIMIT`.  Its state persists across control
+  periods; `reset` zeroes it.
+- **What the engine is asked for**: the servo target, but never more than one substep of the
+  published acceleration away from the joint's *measured* velocity, so a joint that fell behind
+  (torque saturated, blocked, pushed) catches up no faster than its limit instead of jumping to
+  its target.  The backend's `_command_servo` takes the joints there within the substep:
+  PyBullet's velocity motors do (a constraint solved with the contacts, within the torque limits);
+  MuJoCo's velocity actuators get a computed-torque feedforward (sim/robosuite_backend.py).
+
+Cost: while the servo target moves the physics is stepped one substep at a time (joint state
+read, target set; about 15 small numpy operations, plus MuJoCo's feedforward); once it has reached
+the command, the rest of the period is one `_step_physics` call.  Control steps per second without
+a camera fell by 5-17% for zero or smooth commands and by about half for a new random command every
+period (ramping all period long); with an 84x84 camera image per step, rendering dominates and no
+change was measured.
+
+Measured on the engines' own joint state, per substep (tests/sim/test_servo_limits.py): joint
+accelerations within 2% of the published limits for velocity steps, reversals, random commands
+and the tip_delta controller in free space (contacts are impulsive: pressing the cube into the
+table gives about 5 times the limits in MuJoCo, up to 36 in PyBullet), joint speeds never above
+the published maxima (in contact too), zero-command drift under 0.03 mrad in 10 s, `stop` from
+the 0.5 rad/s cap at rest within 0.1-0.15 s.  The price is lag behind the integrator model
+``q += v * T`` the safety filter predicts with: the ramp realises each command change over
+``dv / a`` instead of at once.  Braking from 0.5 rad/s on every joint at home, the tool tip comes to
+rest 9-12 mm beyond that model at the filter's operating deceleration and 16-23 mm at the published
+one (its emergency stop); see the test.
+
 ``tip_delta`` actions (seed 003: Cartesian displacement per step, orientation held pointing down)
-are turned into joint velocities by resolved-rate control with damped least squares on the tool
-tip's Jacobian, re-solved several times per control period, towards a tool-tip target that
+are turned into joint velocity commands by resolved-rate control with damped least squares on the
+tool tip's Jacobian, re-solved several times per control period, towards a tool-tip target that
 accumulates the commanded displacements (kept within `TIP_TARGET_LEAD_M` of the tool tip, so a
-blocked arm does not wind up).
+blocked arm does not wind up); no joint is asked for a speed it could not brake from within the
+joint motion left (`IK_BRAKING_ACCELERATION`).  Those commands go through the same ramp and hold,
+so the arm runs behind fast tip_delta commands, and an approach at 2 cm per step overshoots its
+goal by what the arm still owes (up to `TIP_TARGET_LEAD_M`) unless its last steps are small.
 """
 
 from __future__ import annotations
@@ -22,6 +71,7 @@ import numpy as np
 from robot_drivers.base import DriverFault, FaultReason, RobotDriver
 from robot_drivers.types import NUM_JOINTS, ActionSpace, Command, RobotState
 from safety.kinematics import pointing_down_rotation, rotation_error
+from safety.limits import FRANKA_DDQ_MAX, FRANKA_DQ_MAX
 from sim.config import CameraConfig, SimConfig
 from sim.scene import CUBE_START_POS, CUBE_START_QUAT, DEFAULT_HOME_Q, top_face_index
 
@@ -33,8 +83,34 @@ IK_ORIENTATION_GAIN = 5.0
 """Gain, 1/s, turning the orientation error (rad) into an angular velocity (tip_delta control)."""
 IK_SOLVE_INTERVAL_S = 0.01
 """Time between two inverse-kinematics solves inside one control period, s."""
-JOINT_SPEED_HARD_LIMIT = np.array([2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61])
-"""Franka's own maximum joint speeds, rad/s: the resolved-rate controller never asks for more."""
+JOINT_SPEED_HARD_LIMIT = np.array(FRANKA_DQ_MAX)
+"""Franka's own maximum joint speeds, rad/s: the servo never asks for more."""
+IK_SPEED_LIMIT = 0.9 * JOINT_SPEED_HARD_LIMIT
+"""Largest joint speeds the resolved-rate controller asks for, rad/s: 10% below Franka's maximum,
+room for contact forces (an arm the tip_delta controller pressed into the cube and table ran 1%
+above a command at the maximum in MuJoCo)."""
+JOINT_ACCELERATION_LIMIT = np.array(FRANKA_DDQ_MAX)
+"""Franka's published maximum joint accelerations, rad/s^2: the command ramp's rate."""
+FRANKA_DDDQ_MAX = np.array([7500.0, 3750.0, 5000.0, 6250.0, 7500.0, 10000.0, 10000.0])
+"""Franka's published maximum joint jerks of the Panda, rad/s^3
+(https://frankaemika.github.io/docs/control_parameters.html): the command ramp's acceleration
+changes by at most this times the timestep per substep."""
+IK_BRAKING_ACCELERATION = 0.75 * JOINT_ACCELERATION_LIMIT
+"""Deceleration, rad/s^2, the resolved-rate controller plans with: it asks for no joint speed it
+could not brake from at this rate within the joint motion left to the tool-tip target (three
+quarters of the ramp's rate: room for the 10 ms between solves; at half, the arm crawled behind
+2 cm steps and could not push the cube in MuJoCo, at the full rate it overshot more)."""
+HOLD_TIME_CONSTANT_S = 0.05
+"""Shortest time over which the position hold brings the arm back onto the integrated command, s."""
+HOLD_MAX_ERROR_RAD = 0.001
+"""Largest distance of the hold's reference ``q_ref`` from the measured joint angle, rad; with
+`HOLD_TIME_CONSTANT_S` it bounds the hold's velocity correction to 0.02 rad/s (PyBullet's creep
+needs under 0.005 rad/s; a larger correction showed as velocity overshoot after every ramp)."""
+AT_REST_SPEED = 1e-3
+"""`stop` returns once every joint is slower than this, rad/s."""
+STOP_TIMEOUT_S = 1.0
+"""`stop` gives up waiting for rest after this much simulated time, s (from 2.61 rad/s the ramp
+alone needs 0.35 s)."""
 
 
 class SimPandaDriver(RobotDriver):
@@ -58,6 +134,16 @@ class SimPandaDriver(RobotDriver):
         self._time_s = 0.0
         self._tip_target: np.ndarray | None = None
         self._tip_orientation_target: np.ndarray | None = None
+        self._zeros = np.zeros(NUM_JOINTS)
+        self._servo_target = self._zeros
+        """The servo target: command plus the hold's correction, rate-limited (libfranka's limiter
+        does this to the command), rad/s."""
+        self._target_change = self._zeros
+        """The servo target's change over the last substep, rad/s (acceleration times timestep)."""
+        self._ramp_reached = True
+        """Whether the servo target has reached the last command (plus correction)."""
+        self._q_ref = self._zeros
+        """The position hold's reference: the integral of the ramped command, rad."""
 
     # ---- RobotDriver -------------------------------------------------------------------------
     def connect(self) -> None:
@@ -65,6 +151,11 @@ class SimPandaDriver(RobotDriver):
             return
         self._build()
         self._connected = True
+        self._ramp_step = JOINT_ACCELERATION_LIMIT * self.physics_timestep_s
+        self._jerk_step = FRANKA_DDDQ_MAX * self.physics_timestep_s**2
+        # A change per substep within +-ramp_step changes by at most 2 * ramp_step from one substep
+        # to the next: the jerk limit only binds where that exceeds jerk_step (timesteps under 4 ms).
+        self._jerk_binds = bool(np.any(self._jerk_step < 2.0 * self._ramp_step))
         self.reset(DEFAULT_HOME_Q)
 
     def read_state(self) -> RobotState:
@@ -105,11 +196,24 @@ class SimPandaDriver(RobotDriver):
             self._advance_with_tip_delta(command.values)
 
     def stop(self) -> None:
-        """Command zero joint velocity for up to one second of simulated time, until at rest."""
+        """Command zero joint velocity, period by period, until the arm is at rest.
+
+        The command ramp brakes every joint at Franka's published accelerations (from the 0.5 rad/s
+        cap joint 2 needs 67 ms: at rest after two or three control periods at 20 Hz, measured in
+        tests/sim/test_servo_limits.py).  Once the ramp is at zero the hold is re-anchored where the
+        arm is (it holds there, rather than pulling back to where the braking ramp's integral says
+        it should be), and `stop` returns as soon as every joint is slower than `AT_REST_SPEED`;
+        after `STOP_TIMEOUT_S` of simulated time it returns anyway (something keeps pushing the
+        arm)."""
         self._require_connected()
-        for _ in range(max(1, round(self.control_rate_hz))):
-            self._advance_with_joint_velocity(np.zeros(NUM_JOINTS))
-            if np.max(np.abs(self._joint_state()[1])) < 1e-3:
+        zero = np.zeros(NUM_JOINTS)
+        anchored = False
+        for _ in range(max(1, round(STOP_TIMEOUT_S * self.control_rate_hz))):
+            self._advance_with_joint_velocity(zero)
+            if not anchored and self._ramp_reached:
+                self._anchor_hold()
+                anchored = True
+            if anchored and np.max(np.abs(self._joint_state()[1])) < AT_REST_SPEED:
                 break
         self._tip_target = None
 
@@ -124,6 +228,9 @@ class SimPandaDriver(RobotDriver):
         if home.shape != (NUM_JOINTS,) or not np.all(np.isfinite(home)):
             raise DriverFault(FaultReason.reset_failed, f"home must be 7 finite joint angles, got {home!r}")
         self._reset_scene(home.copy(), CUBE_START_POS.copy(), CUBE_START_QUAT.copy())
+        self._servo_target = self._target_change = self._zeros
+        self._ramp_reached = True
+        self._anchor_hold()
         self._time_s = 0.0
         self._tip_target = None
         self._tip_orientation_target = None
@@ -160,10 +267,65 @@ class SimPandaDriver(RobotDriver):
         return max(1, round(self.control_period_s / self.physics_timestep_s))
 
     def _advance_with_joint_velocity(self, joint_velocity: np.ndarray) -> None:
-        self._set_joint_velocity_target(np.asarray(joint_velocity, dtype=np.float64))
         n = self._substeps_per_period()
-        self._step_physics(n)
+        self._run_servo(np.asarray(joint_velocity, dtype=np.float64), n)
         self._time_s += n * self.physics_timestep_s
+
+    def _anchor_hold(self) -> None:
+        """Hold the arm where it is now: the hold's reference becomes the measured joint angles."""
+        self._q_ref = self._joint_state()[0]
+
+    def _run_servo(self, command: np.ndarray, n: int) -> None:
+        """Advance the physics ``n`` substeps with the servo tracking ``command`` (rad/s) through the
+        position hold and the command ramp (module docstring).  One substep at a time while the
+        servo target moves, then the rest in one `_step_physics` call."""
+        h = self.physics_timestep_s
+        speed = JOINT_SPEED_HARD_LIMIT
+        step, jerk = self._ramp_step, self._jerk_step
+        q, dq = self._joint_state()
+        # The hold: one correction for the whole call, reaching q_ref by its end (or within
+        # HOLD_TIME_CONSTANT_S); q_ref stays within HOLD_MAX_ERROR_RAD of q (no wind-up when blocked).
+        error = np.minimum(np.maximum(self._q_ref - q, -HOLD_MAX_ERROR_RAD), HOLD_MAX_ERROR_RAD)
+        q_ref = q + error
+        correction = error / max(HOLD_TIME_CONSTANT_S, n * h)
+        command = np.minimum(np.maximum(command, -speed), speed)
+        goal = np.minimum(np.maximum(command + correction, -speed), speed)
+        target, change = self._servo_target, self._target_change
+        done = 0
+        while True:
+            # The ramp (libfranka's rate limiter): toward the goal within the acceleration limit
+            # and, where a substep is short enough for it to matter (MuJoCo), the jerk limit.
+            wanted = goal - target
+            if self._jerk_binds:
+                lower = np.maximum(change - jerk, -step)
+                upper = np.minimum(change + jerk, step)
+            else:
+                lower, upper = -step, step
+            change = np.minimum(np.maximum(wanted, lower), upper)
+            if (change == wanted).all():
+                target, k = goal, n - done
+            else:
+                target, k = target + change, 1
+            self._servo_target = target
+            # What the engine is asked for: never more than one substep of the published acceleration
+            # from the measured velocity (a joint that fell behind, torque saturated or blocked,
+            # catches up no faster than that instead of jumping to its target).
+            engine = self._command_servo(np.minimum(np.maximum(target, dq - step), dq + step), dq)
+            if k > 1 and not (engine == target).all():
+                k = 1
+            self._step_physics(1)
+            if k > 1:  # the target is reached: hold it for the rest of the call
+                self._command_servo(engine, engine)
+                self._step_physics(k - 1)
+                change = self._zeros
+            q_ref = q_ref + (target - correction) * (k * h)  # the integral of the ramped command
+            done += k
+            if done >= n:
+                break
+            dq = self._joint_state()[1]
+        self._target_change = change
+        self._ramp_reached = bool((target == goal).all())
+        self._q_ref = q_ref
 
     def _advance_with_tip_delta(self, delta: np.ndarray) -> None:
         tip, rotation = self._tip_pose()
@@ -193,11 +355,14 @@ class SimPandaDriver(RobotDriver):
             jacobian = self._tip_jacobian()
             jjt = jacobian @ jacobian.T + IK_DAMPING**2 * np.eye(6)
             joint_velocity = jacobian.T @ np.linalg.solve(jjt, twist)
-            scale = np.max(np.abs(joint_velocity) / JOINT_SPEED_HARD_LIMIT)
+            # No faster than each joint can still brake to rest over the joint motion that is left
+            # (joint_velocity * time_to_go), so the command ramp can follow without overshooting.
+            speed = np.abs(joint_velocity) + 1e-12
+            braking = np.min(np.sqrt(2.0 * IK_BRAKING_ACCELERATION * time_to_go / speed))
+            scale = max(np.max(speed / IK_SPEED_LIMIT), 1.0 / braking)
             if scale > 1.0:
                 joint_velocity /= scale
-            self._set_joint_velocity_target(joint_velocity)
-            self._step_physics(n)
+            self._run_servo(joint_velocity, n)
             done += n
         self._time_s += n_total * self.physics_timestep_s
 
@@ -240,7 +405,19 @@ class SimPandaDriver(RobotDriver):
 
     @abc.abstractmethod
     def _set_joint_velocity_target(self, joint_velocity: np.ndarray) -> None:
-        """Set the target of the joint velocity servo, rad/s (held over the following steps)."""
+        """Set the target of the engine's joint velocity servo, rad/s (held over the following
+        steps).  Called once per substep while the command ramps: keep it cheap."""
+
+    def _command_servo(self, target: np.ndarray, velocity: np.ndarray) -> np.ndarray:
+        """Have the servo take the joints from their measured ``velocity`` to ``target`` (rad/s)
+        over the next substep, and return the target actually set.
+
+        By default the target is handed to `_set_joint_velocity_target` (PyBullet: a velocity motor
+        reaches it within a substep when its torque suffices).  A backend whose servo needs help to
+        get there within a substep (MuJoCo's velocity actuators) overrides this, and may set a
+        nearer target if its torque limits do not allow the whole change."""
+        self._set_joint_velocity_target(target)
+        return target
 
     @abc.abstractmethod
     def _step_physics(self, n: int) -> None:

@@ -6,7 +6,16 @@ base sits at the world origin, so the world frame *is* the robot base frame of `
 
 Physics: fixed 240 Hz steps, sub-stepped to the control period by `sim.base`.  The arm is driven by
 PyBullet's joint velocity motors (a velocity constraint solved with the contacts) with the Panda's
-torque limits as the largest force; the fingers are held closed by position motors.  Self-collision
+torque limits as the largest force; `sim.base` sets their targets every substep while its command
+ramp moves (Franka's acceleration and jerk limits, plus a position hold against creep), and each
+target lies within one substep's published acceleration of the joint's measured velocity, which a
+motor reaches within the substep.  Two settings make the motors do that: `SOLVER_ITERATIONS` (at
+PyBullet's default 50 the solver does not converge for joints 1 and 3, nearly parallel at home:
+joint 3 missed its target by 0.03 rad/s, reached 16% over its published acceleration and lagged the
+commanded integral by 21-35 mrad; 200 iterations cost about 5% of a control step), and
+`MAX_JOINT_VELOCITY`, Bullet's clamp on the arm's joint speeds during constraint solving (contact
+impulses had driven joint 6 to 4.9 rad/s when the fingers pressed the cube into the table).  The
+fingers are held closed by position motors.  Self-collision
 is on (parent-child pairs are excluded by PyBullet; the two pairs that always touch in this URDF,
 link7-hand through the massless flange and finger-finger of the closed gripper, are filtered out).
 
@@ -49,10 +58,18 @@ from sim.scene import (
 
 PHYSICS_TIMESTEP_S = 1.0 / 240.0
 """Physics step, s (PyBullet's default; 12 steps per 20 Hz control period)."""
-SOLVER_ITERATIONS = 50
-"""Constraint solver iterations per physics step (PyBullet's default)."""
+SOLVER_ITERATIONS = 200
+"""Constraint solver iterations per physics step (PyBullet's default is 50: too few for the velocity
+motors of nearly parallel joints to converge, see the module docstring)."""
 ARM_TORQUE_LIMITS = np.array([87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0])
 """Largest torque each arm joint's velocity motor may apply, N m (Franka's limits)."""
+_ARM_TORQUE_LIMITS_LIST = ARM_TORQUE_LIMITS.tolist()
+MAX_JOINT_VELOCITY = 2.175
+"""Largest speed of any arm or finger joint, rad/s, enforced by Bullet while it solves the
+constraints (``maxJointVelocity``: one value for the whole robot, so the smallest of Franka's
+maximum joint speeds; joints 5-7, rated 2.61 rad/s, are held to it too).  Franka's arm faults rather
+than exceed its limits; without the clamp contact impulses drove the light wrist joints far past
+them."""
 FINGER_FORCE = 20.0
 """Largest force each finger's position motor may apply to hold the gripper closed, N."""
 TABLE_FRICTION = 0.8
@@ -184,6 +201,7 @@ class PyBulletPanda(SimPandaDriver):
             joints_by_name[info[1].decode()] = index
             self.link_names[index] = info[12].decode()
         self.arm_joints = [joints_by_name[name] for name in ARM_JOINT_NAMES]
+        pybullet.changeDynamics(self.robot_id, -1, maxJointVelocity=MAX_JOINT_VELOCITY, physicsClientId=cid)
         self.finger_joints = [joints_by_name[name] for name in FINGER_JOINT_NAMES]
         link_index = {name: index for index, name in self.link_names.items()}
         self.hand_link = link_index[HAND_LINK_NAME]
@@ -305,8 +323,8 @@ class PyBulletPanda(SimPandaDriver):
             self.robot_id,
             self.arm_joints,
             pybullet.VELOCITY_CONTROL,
-            targetVelocities=[float(v) for v in joint_velocity],
-            forces=ARM_TORQUE_LIMITS.tolist(),
+            targetVelocities=joint_velocity.tolist(),
+            forces=_ARM_TORQUE_LIMITS_LIST,
             physicsClientId=self.client,
         )
 

@@ -4,9 +4,10 @@ robosuite 1.5.2 is used only to ASSEMBLE the MJCF, exactly as its Lift task does
 model (with the default Panda gripper and the fixed robot mount/pedestal, base at world
 (-0.56, 0, 0.912)), its `TableArena` (0.8 x 0.8 m table, top at world z = 0.8, centred on the world
 origin) merged into a `ManipulationTask`.  We then add our own pieces to that XML (the six-coloured
-cube, the cameras of `sim.scene.CAMERAS`, velocity servos in place of the torque motors, gravity
-compensation), compile it with ``mujoco.MjModel.from_xml_string`` and step raw MuJoCo ourselves
-(one ``mujoco.mj_step(model, data, nstep=n)`` call per control period).
+cube, the cameras of `sim.scene.CAMERAS`, velocity servos and feedforward motors in place of the
+torque motors, gravity compensation), compile it with ``mujoco.MjModel.from_xml_string`` and step raw MuJoCo ourselves
+(``mujoco.mj_step``: one substep at a time while `sim.base`'s command ramp moves, the rest of the
+control period in one call).
 
 robosuite's environment classes and controllers are deliberately NOT used: its JOINT_VELOCITY
 controller crashes on construction in 1.5.2 (PLATFORM.md), its per-step Python dominates the cost of
@@ -16,17 +17,28 @@ renderer (1.6 s with a camera) and throws fast render settings away.
 Joint velocity servo: the robot's seven torque motors are replaced by MuJoCo ``velocity``
 actuators (force = kv (target - qdot), clamped to the Panda's torque limits 87/87/87/87/12/12/12 Nm),
 with kv chosen per joint from the joint-space inertia at home so that every joint tracks its target
-with a time constant of `SERVO_TIME_CONSTANT_S`; the arm and gripper bodies have ``gravcomp="1"``
-so gravity does not pull the tracking off.  Two of robosuite's model settings are changed because they
-keep a joint velocity servo from tracking like a Panda: its air (``density``/``viscosity``, which
-turn on MuJoCo's fluid forces, sized from the crude link inertias: several Nm of drag on the wrist)
-is removed, and its large joint armatures (5.0 down to 0.71 kg m^2, which with the 12 Nm wrist
-torque limit leave the wrist unable to reach 0.5 rad/s within a control step) are set to
-`ARM_ARMATURE`.  The integrator is ``implicitfast``, which treats the
-servo's velocity feedback implicitly and so stays stable with these stiff gains.  The servo needs
-no Python per physics step: the target is written to ``data.ctrl`` once per period (tip_delta
-control: once per inverse-kinematics solve).  The gripper's two position actuators are held at
-closed.
+with a time constant of `SERVO_TIME_CONSTANT_S`, plus a ``motor`` per joint carrying a
+computed-torque feedforward (`RobosuitePanda._command_servo`: joint-space inertia times the
+substep's acceleration, plus Coriolis and centrifugal torques), the two together clamped to the
+torque limit by the joint's ``actuatorfrcrange``.  `sim.base` sets the targets every substep while
+its command ramp moves (Franka's acceleration and jerk limits, plus a position hold), each within
+one substep's published acceleration of the joint's measured velocity; with the feedforward the
+joints get there within the substep, all together.  Without it an actuator closes only a third of
+the gap per substep (time constant 4 ms, substep 2 ms): the arm accelerated at 30-70% of the
+published limits and `stop` from 0.5 rad/s took 0.4-0.5 s.  robosuite's link inertias (0.05-0.3
+kg m^2, about ten times a Panda's at the wrist) leave the 12 Nm wrist joints short of torque for
+the published accelerations in some coupled motions: the feedforward then cuts that joint's change
+to what fits, and the joint brakes late (after an emergency stop from 0.5 rad/s on every joint,
+joints 5 and 6 come to rest 22 mrad beyond the braking commands' integral; PyBullet's at most 11).
+The arm and gripper bodies have ``gravcomp="1"`` so gravity does not pull the tracking off.  Two of
+robosuite's model settings are changed because they keep a joint velocity servo from tracking like
+a Panda: its air (``density``/``viscosity``, which turn on MuJoCo's fluid forces, sized from the
+crude link inertias: several Nm of drag on the wrist) is removed, and its large joint armatures (5.0
+down to 0.71 kg m^2, which with the 12 Nm wrist torque limit leave the wrist unable to reach
+0.5 rad/s within a control step) are set to `ARM_ARMATURE`.  The integrator is ``implicitfast``,
+which treats the servo's velocity feedback implicitly and so stays stable with these stiff gains.
+Once the ramp has reached its command the rest of the period is one ``mj_step(nstep=n)`` call.
+The gripper's two position actuators are held at closed.
 
 Frames: everything the driver reports and takes (tool tip, cube, camera specs) is in the robot base
 frame; the base is only translated from the world frame in this scene (`base_pos_world`,
@@ -123,6 +135,13 @@ def _part_of_body(name: str) -> str | None:
     return None
 
 
+def _as_slice(indices: np.ndarray) -> slice | np.ndarray:
+    """``indices`` as a slice when they are consecutive (indexing with it is a cheap view)."""
+    if len(indices) and np.array_equal(indices, np.arange(indices[0], indices[0] + len(indices))):
+        return slice(int(indices[0]), int(indices[0]) + len(indices))
+    return indices
+
+
 def _fmt(values) -> str:
     return " ".join(f"{float(v):.9g}" for v in values)
 
@@ -197,9 +216,16 @@ def assemble_scene_xml() -> tuple[str, np.ndarray]:
             forcerange=f"{-limit} {limit}",
         )
 
+    # The servo's torque feedforward (RobosuitePanda._command_servo), one motor per joint; the
+    # joint's actuatorfrcrange clamps servo plus feedforward to the torque limit.
+    for i, joint in enumerate(ARM_JOINTS):
+        ET.SubElement(actuator, "motor", name=f"pandalab_ff_j{i + 1}", joint=joint, gear="1", ctrllimited="false")
     for joint in worldbody.iter("joint"):
         if joint.get("name") in ARM_JOINTS:
             joint.set("armature", f"{ARM_ARMATURE}")
+            limit = PANDA_TORQUE_LIMITS[ARM_JOINTS.index(joint.get("name"))]
+            joint.set("actuatorfrclimited", "true")
+            joint.set("actuatorfrcrange", f"{-limit} {limit}")
 
     # Gravity compensation on every moving robot body.
     for body in worldbody.iter("body"):
@@ -309,6 +335,14 @@ class RobosuitePanda(SimPandaDriver):
         finger_ids = ids(mujoco.mjtObj.mjOBJ_JOINT, FINGER_JOINTS)
         self._finger_qpos = model.jnt_qposadr[finger_ids].copy()
         self._servo = ids(mujoco.mjtObj.mjOBJ_ACTUATOR, [f"pandalab_servo_j{i + 1}" for i in range(NUM_JOINTS)])
+        self._ff = ids(mujoco.mjtObj.mjOBJ_ACTUATOR, [f"pandalab_ff_j{i + 1}" for i in range(NUM_JOINTS)])
+        self._acc_full = np.zeros(model.nv)
+        self._force_full = np.zeros(model.nv)
+        # The same indices as slices where consecutive, for the per-substep code.
+        self._qpos_at = _as_slice(self._arm_qpos)
+        self._dof_at = _as_slice(self._arm_dof)
+        self._servo_at = _as_slice(self._servo)
+        self._ff_at = _as_slice(self._ff)
         self._finger_act = ids(mujoco.mjtObj.mjOBJ_ACTUATOR, FINGER_ACTUATORS)
         # Fingers closed: each finger joint at its limit nearest zero opening.
         self._finger_closed_ctrl = np.array([GRIPPER_CLOSED_WIDTH / 2, -GRIPPER_CLOSED_WIDTH / 2])
@@ -327,6 +361,7 @@ class RobosuitePanda(SimPandaDriver):
         kv = inertia / SERVO_TIME_CONSTANT_S
         model.actuator_gainprm[self._servo, 0] = kv
         model.actuator_biasprm[self._servo, 2] = -kv
+        self._kv = kv
 
         self._build_contact_tables()
         self._build_renderers()
@@ -382,7 +417,7 @@ class RobosuitePanda(SimPandaDriver):
 
     # ---- state ---------------------------------------------------------------------------------
     def _joint_state(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.data.qpos[self._arm_qpos].copy(), self.data.qvel[self._arm_dof].copy()
+        return self.data.qpos[self._qpos_at].copy(), self.data.qvel[self._dof_at].copy()
 
     def _tip_pose(self) -> tuple[np.ndarray, np.ndarray]:
         hand_rot = self.data.xmat[self._hand].reshape(3, 3)
@@ -418,6 +453,51 @@ class RobosuitePanda(SimPandaDriver):
     # ---- physics -------------------------------------------------------------------------------
     def _set_joint_velocity_target(self, joint_velocity: np.ndarray) -> None:
         self.data.ctrl[self._servo] = joint_velocity
+
+    def _command_servo(self, target: np.ndarray, velocity: np.ndarray) -> np.ndarray:
+        """Computed-torque feedforward, so the joints reach ``target`` in one substep together:
+        the joint-space inertia times the acceleration, plus the Coriolis and centrifugal torques
+        (gravity is compensated by ``gravcomp``).  With it the velocity actuator's own force is
+        what the implicit integrator cancels, and the joints arrive together, the inertial coupling
+        between them (large in robosuite's model) included; without it the actuator closes about a
+        third of the gap per substep.  robosuite's joint friction (0.1 Nm) is left out: the joints
+        then arrive up to 2% short or long.
+
+        Where the torque (feedforward plus the actuator's explicit force, which MuJoCo clamps to
+        the joint's limit) would exceed a joint's limit, that joint's change is cut to what fits
+        (robosuite's wrist links are about ten times as heavy as a Panda's, so 12 Nm does not
+        always give the published accelerations); its neighbours' feedforward accounts for the
+        cut, and the joint catches up, no faster than its published acceleration, when it can."""
+        h = self.physics_timestep_s
+        data, at = self.data, self._dof_at
+        change = target - velocity
+        coriolis = data.qfrc_bias[at] - data.qfrc_gravcomp[at]
+        room = np.maximum(PANDA_TORQUE_LIMITS - np.abs(coriolis), 0.0)
+        inertial = self._inertial_torque(change / h)
+        needed = np.abs(inertial + self._kv * change)  # MuJoCo clamps the explicit force
+        over = needed > room
+        if over.any():
+            for _ in range(3):  # cut the joints that do not fit (which changes the others' torque)
+                change = np.where(over, change * room / np.maximum(needed, 1e-12), change)
+                inertial = self._inertial_torque(change / h)
+                needed = np.abs(inertial + self._kv * change)
+                over = needed > room
+                if not over.any():
+                    break
+            else:  # still not: the whole change, scaled to fit
+                scale = float(np.min(room / np.maximum(needed, 1e-12)))
+                change *= scale
+                inertial *= scale
+            target = velocity + change
+        data.ctrl[self._servo_at] = target
+        data.ctrl[self._ff_at] = inertial + coriolis
+        return target
+
+    def _inertial_torque(self, acceleration: np.ndarray) -> np.ndarray:
+        """Joint-space inertia (arm rows and columns, current pose) times ``acceleration``, N m."""
+        self._acc_full[self._dof_at] = acceleration
+        mujoco.mj_mulM(self.model, self.data, self._force_full, self._acc_full)
+        return self._force_full[self._dof_at].copy()
 
     def _step_physics(self, n: int) -> None:
         mujoco.mj_step(self.model, self.data, nstep=n)
