@@ -12,8 +12,10 @@ holds in both action spaces and the driver never converts anything itself.
 
 What one call does, in order:
 
-1. **Non-finite** values anywhere in the action or the state (q, dq, tip_pos, time), or an action
-   of the wrong shape: the command is the *emergency stop* (a ``nonfinite`` / ``fault`` event):
+1. **Non-finite** values anywhere in the action, or an action of the wrong shape (a ``nonfinite``
+   / ``fault`` event): the action is replaced by a stop (zero velocity), which the steps below
+   turn into a planned stop: braking at the operating acceleration limit, every limit checked.
+   Non-finite values in the state (q, dq, tip_pos, time): the command is the *emergency stop*:
    the previous command braked toward zero as fast as the robot's published acceleration limits
    allow (``acceleration_max * period`` per period), never a velocity step the arm cannot follow.
    With an unreadable state no braking path can be planned; the fastest stop the limits allow is
@@ -68,7 +70,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from safety import kinematics
+from safety import collision_model, kinematics
 from safety.limits import SafetyLimits
 from safety.types import SafeCommand, SafetyEvent
 
@@ -88,11 +90,23 @@ _BODY_CONSTRAINTS = tuple(name for name in kinematics.BODY_POINT_NAMES if name !
 _BASE_POINTS = ("forearm", "wrist", "flange", "hand")
 _BASE_CONSTRAINTS = tuple(f"{name}_base" for name in _BASE_POINTS)
 _BASE_INDEX = [kinematics.BODY_POINT_NAMES.index(name) for name in _BASE_POINTS]
-CONSTRAINT_NAMES: tuple[str, ...] = _TIP_CONSTRAINTS + _BODY_CONSTRAINTS + _BASE_CONSTRAINTS
+_SELF_CONSTRAINTS = collision_model.SELF_COLLISION_PAIR_NAMES
+_TABLE_CAPSULES = np.flatnonzero(collision_model.TABLE_CHECKED)
+_TABLE_CONSTRAINTS = tuple(f"{collision_model.CAPSULE_NAMES[k]}_table" for k in _TABLE_CAPSULES)
+_FINGERS = collision_model.CAPSULE_NAMES.index("fingers")
+CONSTRAINT_NAMES: tuple[str, ...] = (
+    _TIP_CONSTRAINTS + _BODY_CONSTRAINTS + _BASE_CONSTRAINTS + _SELF_CONSTRAINTS + _TABLE_CONSTRAINTS
+)
 """Names of the Cartesian constraints in the order `cartesian_margins` returns them: the six faces
-of the tool-tip region, the height above the table of each other watched point, then the
-horizontal distance of the forearm, wrist, flange and hand from the base column (``*_base``)."""
+of the tool-tip region, the height above the table of each other watched point, the horizontal
+distance of the forearm, wrist, flange and hand from the base column (``*_base``), the clearance
+of each checked pair of link capsules (``link5-hand``: `collision_model.SELF_COLLISION_PAIRS`),
+then each moving capsule's clearance above the table (``link6_table``)."""
+_SELF_SLICE = slice(len(_TIP_CONSTRAINTS + _BODY_CONSTRAINTS + _BASE_CONSTRAINTS), -len(_TABLE_CONSTRAINTS))
+_TABLE_SLICE = slice(-len(_TABLE_CONSTRAINTS), None)
 _EPS = 1e-12
+_TABLE_MARGIN_SHARE = np.where(_TABLE_CAPSULES == _FINGERS, 0.0, 1.0)
+"""Which table clearances keep ``collision_margin`` (all but the fingers', see `cartesian_margins`)."""
 
 
 def max_speed_toward(distance: np.ndarray, acceleration: np.ndarray, period: float) -> np.ndarray:
@@ -115,8 +129,13 @@ def brake(velocity: np.ndarray, step: np.ndarray) -> np.ndarray:
 
 
 def cartesian_margins(limits: SafetyLimits, f: np.ndarray, inset: float = 0.0) -> np.ndarray:
-    """Signed distances (..., 17), m, inside each Cartesian constraint (named in `CONSTRAINT_NAMES`)
-    for the output ``f`` of `kinematics.frames`, less ``inset``; negative outside."""
+    """Signed distances (..., C), m, inside each Cartesian constraint (named in `CONSTRAINT_NAMES`)
+    for the output ``f`` of `kinematics.frames`, less ``inset``; negative outside.
+
+    The collision constraints: each checked pair of link capsules at least ``collision_margin``
+    apart, and each moving capsule at least ``collision_margin`` above the table (the fingers'
+    capsule at least 0 above it: the tool tip's own height limit ``min_tip_height`` governs the
+    fingers)."""
     points = kinematics.body_points_from_frames(f)
     tip = points[..., -1, :]
     lower, upper = limits.tip_lower, limits.tip_upper
@@ -132,7 +151,21 @@ def cartesian_margins(limits: SafetyLimits, f: np.ndarray, inset: float = 0.0) -
         axis=-1,
     )
     base = np.linalg.norm(points[..., _BASE_INDEX, :2], axis=-1) - limits.min_base_distance
-    return np.concatenate([tip_margins, points[..., :-1, 2] - limits.body_floor, base], axis=-1) - inset
+    self_clearance, table_clearance = collision_model.clearances_from_frames(f, limits.table_height)
+    table_clearance = table_clearance[..., _TABLE_CAPSULES] - _TABLE_MARGIN_SHARE * limits.collision_margin
+    return (
+        np.concatenate(
+            [
+                tip_margins,
+                points[..., :-1, 2] - limits.body_floor,
+                base,
+                self_clearance - limits.collision_margin,
+                table_clearance,
+            ],
+            axis=-1,
+        )
+        - inset
+    )
 
 
 class SafetyFilter:
@@ -196,21 +229,25 @@ class SafetyFilter:
     def filter(self, state, action) -> tuple[SafeCommand, list[SafetyEvent]]:
         """The safe joint velocity command for ``action`` in ``state``, and every intervention."""
         events: list[SafetyEvent] = []
-        fault = self._check_inputs(state, action, events)
-        if fault:
+        state_fault, action_fault = self._check_inputs(state, action, events)
+        if state_fault:
             return self._emergency(state, events)
         q = np.asarray(state.q, dtype=np.float64)
         dq = np.asarray(state.dq, dtype=np.float64)
-        action = np.asarray(action, dtype=np.float64).reshape(-1)
         f_now = kinematics.frames(q)
 
         # 2. desired velocity
-        if self.action_space == "joint_velocity":
+        if action_fault:  # an unusable action from a readable state: a planned stop
+            desired = np.zeros(7)
+            self._tip_target = None
+            self._orientation_target = None
+        elif self.action_space == "joint_velocity":
+            action = np.asarray(action, dtype=np.float64).reshape(-1)
             desired = np.clip(action, -self._cap, self._cap)
             for i in np.flatnonzero(desired != action):
                 events.append(SafetyEvent("velocity_clip", int(i), float(abs(action[i] - desired[i]))))
         else:
-            desired = self._resolve_tip_delta(f_now, action, events)
+            desired = self._resolve_tip_delta(f_now, np.asarray(action, dtype=np.float64).reshape(-1), events)
 
         # 3. acceleration
         previous = self._previous if self._previous is not None else np.clip(dq, -self._cap, self._cap)
@@ -249,17 +286,19 @@ class SafetyFilter:
         return SafeCommand(command), events
 
     # ---- helpers ----------------------------------------------------------------------------
-    def _check_inputs(self, state, action, events: list[SafetyEvent]) -> bool:
+    def _check_inputs(self, state, action, events: list[SafetyEvent]) -> tuple[bool, bool]:
+        """(state unusable, action unusable), with an event for each problem."""
+        action_fault = False
         try:
             values = np.asarray(action, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):
             events.append(SafetyEvent("fault", "action", 0.0, f"action is not numeric: {action!r}"[:200]))
-            return True
+            values, action_fault = np.zeros(self.action_dim), True
         if values.shape != (self.action_dim,):
             events.append(
                 SafetyEvent("fault", "action", 0.0, f"{self.action_space} action needs {self.action_dim} values")
             )
-            return True
+            values, action_fault = np.zeros(self.action_dim), True
         fault = False
         parts = {"action": values}
         for name in ("q", "dq", "tip_pos", "time"):
@@ -278,8 +317,11 @@ class SafetyFilter:
             bad = int(np.count_nonzero(~np.isfinite(value)))
             if bad:
                 events.append(SafetyEvent("nonfinite", name, float(bad), f"{bad} non-finite value(s) in {name}"))
-                fault = True
-        return fault
+                if name == "action":
+                    action_fault = True
+                else:
+                    fault = True
+        return fault, action_fault
 
     def emergency_stop(self, measured_velocity=None, from_command: np.ndarray | None = None) -> SafeCommand:
         """The fastest stop the robot's published acceleration limits allow: the last command sent
@@ -375,6 +417,12 @@ class SafetyFilter:
                 name = CONSTRAINT_NAMES[k]
                 if name in _BASE_CONSTRAINTS:
                     events.append(SafetyEvent("self_clearance", name, removed, "kept away from the base column"))
+                    continue
+                if name in _SELF_CONSTRAINTS:
+                    events.append(SafetyEvent("self_clearance", name, removed, "link capsules kept apart"))
+                    continue
+                if name in _TABLE_CONSTRAINTS:
+                    events.append(SafetyEvent("table_clearance", name, removed, "link capsule kept off the table"))
                     continue
                 is_table = name in _BODY_CONSTRAINTS or (
                     name == "z_min" and self.limits.tip_lower[2] > self.limits.workspace_min[2]

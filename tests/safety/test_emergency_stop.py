@@ -57,11 +57,29 @@ def test_a_stale_state_brakes_at_the_published_limit_from_the_last_command_sent(
         driver.close()
 
 
-def test_the_emergency_stop_of_a_fresh_filter_brakes_from_the_measured_velocity():
+def test_a_non_finite_state_gets_the_emergency_stop_braking_from_the_measured_velocity():
     safety_filter = SafetyFilter(LIMITS, 20.0)
     dq = np.array([0.5, -0.5, 0.3, 0.0, 0.2, -0.1, 0.05])
-    command, events = safety_filter.filter(make_state(HOME_Q, dq), np.full(7, np.nan))
+    state = make_state(HOME_Q, dq)
+    state.tip_pos = np.array([np.nan, 0.0, 0.0])
+    command, events = safety_filter.filter(state, np.zeros(7))
     np.testing.assert_allclose(command.values, np.sign(dq) * np.maximum(np.abs(dq) - HARD_STEP, 0.0))
     assert [e.kind for e in events] == ["nonfinite"]
-    command, _ = safety_filter.filter(make_state(HOME_Q, dq), np.full(7, np.nan))  # still NaN: keeps braking
+    command, _ = safety_filter.filter(state, np.zeros(7))  # still unreadable: keeps braking, to rest
+    assert command.is_stop
+
+
+def test_a_non_finite_action_from_a_good_state_is_a_planned_stop_at_the_operating_limit():
+    safety_filter = SafetyFilter(LIMITS, 20.0)
+    q, v = HOME_Q.copy(), np.zeros(7)
+    for _ in range(10):
+        v = safety_filter.filter(make_state(q, v), np.array([0, 0.5, -0.5, 0, 0, 0, 0]))[0].values
+        q = q + v * PERIOD
+    step = LIMITS.accelerations * PERIOD
+    for _ in range(5):
+        command, events = safety_filter.filter(make_state(q, v), np.full(7, np.nan))
+        assert any(e.kind == "nonfinite" for e in events)
+        np.testing.assert_allclose(command.values, np.sign(v) * np.maximum(np.abs(v) - step, 0.0), atol=1e-12)
+        v = command.values
+        q = q + v * PERIOD
     assert command.is_stop
