@@ -102,6 +102,16 @@ class SafetyLimits(StrictModel):
         description="Smallest horizontal distance of the forearm, wrist, flange and hand from the vertical axis "
         "through the base, m: keeps the arm from folding back onto its base (self-collision with links 0-1).",
     )
+    collision_margin: float = Field(
+        0.01,
+        ge=0.0,
+        le=0.1,
+        description="Smallest gap, m, the filter keeps between the capsules of non-adjacent links and between "
+        "each moving link's capsule and the table top (safety/collision_model.py). The capsules already "
+        "contain each link's collision geometry with at least 5 mm to spare (1-5 cm more where the links are "
+        "concave), so the real gap at a stop is larger; at home the closest pair, link 5 and the hand, is 2.6 cm "
+        "apart, which a margin plus tracking_margin_position must stay under.",
+    )
     tracking_margin_joint: float = Field(
         0.03,
         ge=0.0,
