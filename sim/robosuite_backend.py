@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import os
 import xml.etree.ElementTree as ET
 
@@ -77,6 +78,21 @@ from sim.scene import (
     GRIPPER_CLOSED_WIDTH,
     TOOL_TIP_OFFSET,
 )
+
+
+class _RobosuiteChatter(logging.Filter):
+    """robosuite logs five WARNING lines when first imported (no private macro file, no
+    robosuite_models, no mink IK) that say nothing a pandalab user can act on: it is only used
+    here to assemble the scene.  They are kept at debug level instead of printed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+logging.getLogger("robosuite_logs").addFilter(_RobosuiteChatter())
 
 PANDA_TORQUE_LIMITS = np.array([87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0])
 """Franka Panda joint torque limits, Nm: the velocity servos' force range."""
