@@ -26,16 +26,14 @@ No command reaches a driver, simulated or real, except through `SafetyFilter.fil
   ``self_collision`` / ``table_collision`` events.
 - `kinematics`: Panda forward kinematics and the tool-tip Jacobian (Franka's DH parameters).
 
-Self-collision and table collision.  In simulation the drivers report contacts
-(``arm_contacts()``) and `contact_events` turns them into events.  On hardware there is no contact
-sensor and no collision model here; the hardware path relies on (1) this filter's workspace box
-and heights above the table, which keep the tool tip and the arm's elbow, forearm, wrist, flange
-and hand away from the table, and on the joint limits with their margin, and (2) Franka's own
-reflexes: the robot's controller stops the arm on its collision thresholds (external torque /
-force, configured through ``setCollisionBehavior`` in libfranka or franka_ros2) and on its
-self-collision avoidance, independent of this software.  Self-collision between links is not
-modelled by the filter: the joint limits of the Panda exclude most of it, and the box keeps the
-hand in front of the robot.
+Self-collision and table collision.  The filter carries a collision model (`collision_model`):
+capsules fitted to each link's collision geometry in both simulators; every command's braking
+rollout keeps every checkable pair of non-adjacent links, and every moving link and the table,
+at least ``collision_margin`` apart, so contact is prevented before it happens, on hardware too.
+In simulation the drivers also report contacts (``arm_contacts()``) and `contact_events` turns
+them into ``self_collision`` / ``table_collision`` incidents (end of episode); on hardware
+Franka's own reflexes (``setCollisionBehavior`` thresholds) remain the last line, independent of
+this software.
 """
 
 from safety.contacts import contact_events
