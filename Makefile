@@ -49,8 +49,10 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 # Collect in simulation with the real daemon, train TD3+BC and BC on reach:0, evaluate, print the table.
+# DEMO_ARGS adds options of `pandalab demo` (e.g. DEMO_ARGS="--updates 1000" for a shorter run).
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(BIN)/pandalab demo --config configs/demo.yaml --out out/demo
+	$(BIN)/pandalab demo --config configs/demo.yaml --out out/demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sim_throughput.py

@@ -20,11 +20,14 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # benchmarks/_cli.py: both ways to run it
+
 import numpy as np
 import yaml
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks._cli import REPO, run_script
 from collector.control import send_request
 from collector.store import verify_session
 
@@ -57,19 +60,27 @@ def main() -> None:
         (tmp / "soak.yaml").write_text(yaml.safe_dump(config))
         daemon = subprocess.Popen(
             [sys.executable, "-m", "collector.cli", "collect", "--config", str(tmp / "soak.yaml")],
+            cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         samples = []
         started = time.monotonic()
+        print(
+            f"soaking {args.minutes:g} min ({args.backend}), a sample every {args.every:g} s...",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             while time.monotonic() - started < args.minutes * 60:
                 time.sleep(args.every)
                 status = send_request(control, "status", timeout_s=10)
                 samples.append(
-                    (time.monotonic() - started, status["transitions"], status["step_rate_hz"], rss_mb(daemon.pid))
+                    (time.monotonic() - started, status["steps"], status["step_rate_hz"], rss_mb(daemon.pid))
                 )
+                t, n, rate, rss = samples[-1]
+                print(f"  {t:.0f} s: {n} steps, {rate:.1f} steps/s, {rss:.1f} MB", file=sys.stderr, flush=True)
             send_request(control, "stop", timeout_s=10)
             daemon.wait(timeout=120)
         finally:
@@ -77,7 +88,7 @@ def main() -> None:
                 daemon.kill()
         report = verify_session(tmp / "data" / "soak")
     table = Table(title=f"Soak: {args.backend}, one 84x84 camera, {args.minutes:g} min")
-    for column in ("t (s)", "transitions", "rate over the window (steps/s)", "telemetry rate (steps/s)", "RSS (MB)"):
+    for column in ("t (s)", "steps", "rate over the window (steps/s)", "telemetry rate (steps/s)", "RSS (MB)"):
         table.add_column(column, justify="right")
     previous_t, previous_n = 0.0, 0
     window_rates = []
@@ -97,4 +108,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -1,10 +1,10 @@
-"""Coverage of the cube scene by each explorer, for the same transition budget and seed set.
+"""Coverage of the cube scene by each explorer, for the same budget of recorded steps and seed set.
 
 Seed 003's protocol (configs/sim_cube_tip.yaml): robosuite Panda + coloured cube, tool-tip
 displacement actions, 200-step episodes, cube reset yellow-face-up after each episode.  Every
 explorer (`random`, `random_linear`, `gep`, `rnd`, `gcrnd`, and `sse` when registered) runs through
 the real `collector.session.Collector` (in a child process each, ``--jobs`` at a time) with its
-default parameters, until ``--transitions`` transitions per seed.  Reported per explorer (mean over
+default parameters, until ``--steps`` recorded steps per seed.  Reported per explorer (mean over
 seeds): occupied cells of the tool-tip grid (5 cm) and of cube x-y (2 cm) from
 `collector.datatools.coverage`, the distribution of the cube's top-face colour over all recorded
 steps (003 Fig. 5), and the mean time spent training per episode (events.jsonl episode_end
@@ -14,10 +14,11 @@ with `collector.datatools.coverage` (the same plot as `pandalab data coverage`).
 Explorers see ``--observation`` (default proprio: joint angles + velocities; seed 003's agents saw
 84x84 images, which costs ~10x more training time on a CPU); no camera is rendered unless the
 observation is image.  Train times include contention between the ``--jobs`` parallel runs.
+Progress: a line when each session starts and ends, and one every 30 s from each running session.
 
-    .venv/bin/python benchmarks/explorer_coverage.py [--transitions 3000] [--seeds 0 1] [--jobs 2]
+    .venv/bin/python benchmarks/explorer_coverage.py [--steps 3000] [--seeds 0 1] [--jobs 2]
 
-Measured (2 shared, loaded CPU cores): 3000 transitions x seeds {0, 1}, 2 jobs: 914 s wall; the
+Measured (2 shared, loaded CPU cores): 3000 steps x seeds {0, 1}, 2 jobs: 914 s wall; the
 learned explorers dominate (train s per 200-step episode: rnd ~10, gcrnd ~7, sse ~18).
 """
 
@@ -29,10 +30,12 @@ import io
 import multiprocessing
 import os
 import pathlib
+import sys
 import tempfile
 import time
 import warnings
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # benchmarks/_cli.py: both ways to run it
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np
@@ -40,15 +43,18 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks._cli import ignore_sigint, run_script
 from collector.datatools import CUBE_FACE_COLOURS, coverage
 from collector.explorers import EXPLORERS
 from collector.store import read_events
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXPLORER_ORDER = ("random", "random_linear", "gep", "rnd", "gcrnd", "sse")
+HEARTBEAT_S = 30.0
+"""Seconds between the progress lines of a running session."""
 
 
-def _session_config(explorer: str, seed: int, transitions: int, observation: str, root: pathlib.Path) -> dict:
+def _session_config(explorer: str, seed: int, steps: int, observation: str, root: pathlib.Path) -> dict:
     config = yaml.safe_load((REPO / "configs" / "sim_cube_tip.yaml").read_text())
     session_id = f"{explorer}_seed{seed}"
     config.update(
@@ -57,7 +63,7 @@ def _session_config(explorer: str, seed: int, transitions: int, observation: str
             "data_root": str(root),
             "seed": seed,
             "explorer": {"name": explorer, "observation": observation},
-            "stop": {"transitions": transitions},
+            "stop": {"steps": steps},
             "control_address": f"ipc://{root}/{session_id}_control",
             "telemetry_address": f"ipc://{root}/{session_id}_telemetry",
         }
@@ -67,18 +73,37 @@ def _session_config(explorer: str, seed: int, transitions: int, observation: str
     return config
 
 
+class _Heartbeat:
+    """A running session's progress line every `HEARTBEAT_S` seconds (the collector's status)."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.last = name, time.monotonic()
+
+    def __call__(self, status: dict) -> None:
+        now = time.monotonic()
+        if now - self.last >= HEARTBEAT_S:
+            self.last = now
+            target = (status.get("stop_at") or {}).get("steps")
+            print(
+                f"  {self.name}: {status['state']}, {status['steps']}/{target} steps, {status['episodes']} episodes",
+                flush=True,
+            )
+
+
 def _run_one(args: tuple[str, int, int, str, str, bool]) -> dict:
-    explorer, seed, transitions, observation, root, reuse = args
+    explorer, seed, steps, observation, root, reuse = args
     from collector.config import parse_session_config
     from collector.session import Collector
 
-    config = parse_session_config(_session_config(explorer, seed, transitions, observation, pathlib.Path(root)))
+    config = parse_session_config(_session_config(explorer, seed, steps, observation, pathlib.Path(root)))
     started = time.perf_counter()
     done = pathlib.Path(root) / config.session_id / "manifest.jsonl"
     if reuse and done.exists():
         code = 0  # --reuse: report a session recorded by an earlier run into the same --out
     else:
-        code = Collector(config, install_signal_handlers=False).run()
+        print(f"  {config.session_id}: started", flush=True)
+        progress = _Heartbeat(config.session_id)
+        code = Collector(config, on_progress=progress, install_signal_handlers=False).run()
     elapsed = time.perf_counter() - started
     session = pathlib.Path(root) / config.session_id
     ends = [e for e in read_events(session) if e["kind"] == "episode_end"]
@@ -98,7 +123,7 @@ def _run_one(args: tuple[str, int, int, str, str, bool]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--transitions", type=int, default=3000, help="Transitions per explorer and seed.")
+    parser.add_argument("--steps", type=int, default=3000, help="Recorded steps per explorer and seed (default 3000).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--explorers", nargs="+", default=[e for e in EXPLORER_ORDER if e in EXPLORERS])
     parser.add_argument("--observation", default="proprio", choices=["proprio", "proprio+object", "image"])
@@ -111,14 +136,28 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         root = args.out or pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="explorer_cov_")))
         root.mkdir(parents=True, exist_ok=True)
-        jobs = [
-            (e, s, args.transitions, args.observation, str(root), args.reuse)
-            for e in args.explorers
-            for s in args.seeds
-        ]
+        jobs = [(e, s, args.steps, args.observation, str(root), args.reuse) for e in args.explorers for s in args.seeds]
         started = time.perf_counter()
-        with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
-            results = pool.map(_run_one, jobs, chunksize=1)
+        print(
+            f"{len(jobs)} sessions ({len(args.explorers)} explorers x {len(args.seeds)} seeds) of {args.steps} steps, "
+            f"{args.jobs} at a time; sessions in {root}",
+            flush=True,
+        )
+        results = []
+        pool = multiprocessing.get_context("spawn").Pool(args.jobs, initializer=ignore_sigint, maxtasksperchild=1)
+        try:
+            for result in pool.imap_unordered(_run_one, jobs, chunksize=1):
+                results.append(result)
+                print(
+                    f"[{len(results)}/{len(jobs)}] {result['explorer']} seed {result['seed']}: "
+                    f"{'done' if result['code'] == 0 else 'failed, exit ' + str(result['code'])} in "
+                    f"{result['elapsed_s']:.0f} s ({time.perf_counter() - started:.0f} s so far)",
+                    flush=True,
+                )
+            pool.close()
+        finally:
+            pool.terminate()  # Ctrl-C: the workers ignore it, so end them here
+            pool.join()
         wall = time.perf_counter() - started
         wall_text = "reused sessions" if args.reuse else f"{wall:.0f} s wall"
         pngs = {}
@@ -131,7 +170,7 @@ def main() -> None:
         table = Table(
             title=(
                 f"Cube-scene coverage (robosuite, tip_delta, 200-step episodes, {args.observation} observations): "
-                f"{args.transitions} transitions per explorer and seed, seeds {args.seeds}; {wall_text}"
+                f"{args.steps} steps per explorer and seed, seeds {args.seeds}; {wall_text}"
             )
         )
         for column in (
@@ -163,11 +202,11 @@ def main() -> None:
             )
         console.print(table)
         console.print(
-            f"budget: {args.transitions} transitions x {len(args.seeds)} seeds per explorer "
-            f"({args.transitions // 200} episodes of 200 steps each), {args.jobs} sessions at a time on "
+            f"budget: {args.steps} steps x {len(args.seeds)} seeds per explorer "
+            f"({args.steps // 200} episodes of 200 steps each), {args.jobs} sessions at a time on "
             f"{os.cpu_count()} CPU cores; PNGs: {root if args.out else '(temporary; pass --out to keep)'}"
         )
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -36,20 +36,19 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_cli.py: both ways to run it
+os.environ.setdefault("MUJOCO_GL", "egl")
+
 import numpy as np
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("MUJOCO_GL", "egl")
+from benchmarks._cli import REPO, run_script
 
 BUDGETS = {
-    # name: scripted episodes, random transitions, proprio updates, drq updates, eval episodes
-    "small": dict(scripted_episodes=20, random_transitions=6000, updates=2000, drq_updates=300, eval_episodes=5),
-    "default": dict(scripted_episodes=40, random_transitions=12000, updates=6000, drq_updates=10000, eval_episodes=10),
-    "full": dict(
-        scripted_episodes=100, random_transitions=100000, updates=100000, drq_updates=100000, eval_episodes=20
-    ),
+    # name: scripted episodes, random-linear steps recorded, proprio updates, drq updates, eval episodes
+    "small": dict(scripted_episodes=20, random_steps=6000, updates=2000, drq_updates=300, eval_episodes=5),
+    "default": dict(scripted_episodes=40, random_steps=12000, updates=6000, drq_updates=10000, eval_episodes=10),
+    "full": dict(scripted_episodes=100, random_steps=100000, updates=100000, drq_updates=100000, eval_episodes=20),
 }
 EPISODE_STEPS = 200
 
@@ -103,7 +102,9 @@ def record_scripted(root: Path, episodes: int, image_size: int, noise: float, ra
     home = env.home.copy()
     sid = "scripted_reacher"
     with SessionStore.open(root, sid, session_yaml_text=session_yaml_text(sid, cameras)) as store:
-        for _ in range(episodes):
+        for number in range(1, episodes + 1):
+            if number % 10 == 1:
+                print(f"  scripted episode {number}/{episodes}", flush=True)
             env.home = np.clip(home + rng.uniform(-0.05, 0.05, 7), env.safe.limits.q_lower, env.safe.limits.q_upper)
             obs, _ = env.reset()
             rec = store.begin_episode({"explorer": "scripted_reacher", "noise": noise})
@@ -158,7 +159,7 @@ def score_scripted(episodes: int, noise: float, random_prob: float) -> dict:
     return aggregate(results)
 
 
-def collect_random(root: Path, transitions: int) -> Path:
+def collect_random(root: Path, steps: int) -> Path:
     config = {
         "session_id": "random_linear",
         "data_root": str(root),
@@ -166,7 +167,7 @@ def collect_random(root: Path, transitions: int) -> Path:
         "episode_steps": EPISODE_STEPS,
         "explorer": {"name": "random_linear"},
         "seed": 0,
-        "stop": {"transitions": transitions},
+        "stop": {"steps": steps},
         "control_address": f"ipc://{root}/control",
         "telemetry_address": f"ipc://{root}/telemetry",
     }
@@ -207,12 +208,15 @@ def main() -> int:
     data = out / "data"
     scripted = data / "scripted_reacher"
     if not (scripted / "manifest.jsonl").exists():
-        print(f"recording {budget['scripted_episodes']} scripted-reacher episodes ({image_size}x{image_size} camera)")
+        print(
+            f"recording {budget['scripted_episodes']} scripted-reacher episodes ({image_size}x{image_size} camera)",
+            flush=True,
+        )
         record_scripted(data, budget["scripted_episodes"], image_size, args.noise, args.random_prob, seed=0)
     random_dir = data / "random_linear"
     if not args.only_drq and not (random_dir / "manifest.jsonl").exists():
-        print(f"collecting {budget['random_transitions']} random-linear steps with the collector daemon")
-        collect_random(data, budget["random_transitions"])
+        print(f"collecting {budget['random_steps']} random-linear steps with the collector daemon", flush=True)
+        collect_random(data, budget["random_steps"])
     t_data = time.monotonic() - started
     print(f"data ready in {t_data:.0f} s")
 
@@ -240,13 +244,14 @@ def main() -> int:
     rows = []
     for label, algo, source, obs, steps, algo_config in runs:
         t0 = time.monotonic()
+        print(f"training {label} on {source.name}, {steps} updates...", flush=True)
         config = TrainConfig(
             data=[str(source)],
             task="reach:0",
             obs=obs,
             algo=algo,
             algo_config=algo_config,
-            steps=steps,
+            updates=steps,
             eval_every=0,
             eval_episodes=budget["eval_episodes"],
             checkpoint_every=max(1, steps // 2),
@@ -297,4 +302,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

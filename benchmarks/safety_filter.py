@@ -9,15 +9,17 @@ exploration (some in free space, some pressed against a limit), next to the cont
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_cli.py: both ways to run it
+
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from benchmarks._cli import run_script
 from safety import SafetyFilter, SafetyLimits, kinematics
 from safety.reset import DEFAULT_HOME_Q
 
@@ -60,18 +62,24 @@ def time_per_call(function, pairs, repeat: int = 3) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1000, help="filter calls timed per row (default 1000)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per row; the best is reported")
+    args = parser.parse_args()
     rng = np.random.default_rng(0)
     limits = SafetyLimits()
     cap = limits.velocity_caps
     period_us = 1e6 / 20.0
     rows = []
     for action_space in ("joint_velocity", "tip_delta"):
-        pairs = trajectory(action_space, 1000, rng)
+        pairs = trajectory(action_space, args.steps, rng)
         safety_filter = SafetyFilter(limits, 20.0, action_space)
-        rows.append((f"SafetyFilter.filter, {action_space}", time_per_call(safety_filter.filter, pairs)))
-    pairs = trajectory("joint_velocity", 1000, rng)
-    rows.append(("naive: np.clip to the cap only", time_per_call(lambda s, a: np.clip(a, -cap, cap), pairs)))
-    rows.append(("kinematics.frames, one configuration", time_per_call(lambda s, a: kinematics.frames(s.q), pairs)))
+        rows.append((f"SafetyFilter.filter, {action_space}", time_per_call(safety_filter.filter, pairs, args.repeats)))
+    pairs = trajectory("joint_velocity", args.steps, rng)
+    clip = lambda s, a: np.clip(a, -cap, cap)  # noqa: E731
+    rows.append(("naive: np.clip to the cap only", time_per_call(clip, pairs, args.repeats)))
+    frames = lambda s, a: kinematics.frames(s.q)  # noqa: E731
+    rows.append(("kinematics.frames, one configuration", time_per_call(frames, pairs, args.repeats)))
     print(f"{'what':<44} {'us/call':>10} {'% of period':>12}")
     for name, us in rows:
         print(f"{name:<44} {us:>10.1f} {100 * us / period_us:>11.3f}%")
@@ -79,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

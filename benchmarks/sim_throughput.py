@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_cli.py: both ways to run it
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import mujoco
 import numpy as np
-import pybullet
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks._cli import run_script
 from robot_drivers import ActionSpace, Command, create_driver
 from sim.config import SimConfig
+from sim.quiet_pybullet import pybullet
 from sim.scene import DEFAULT_HOME_Q
 
 CAMERA = {"name": "front", "width": 84, "height": 84}
@@ -100,7 +104,12 @@ def main() -> None:
     parser.add_argument("--camera-steps", type=int, default=200, help="control steps per run with a camera")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the best is reported")
     args = parser.parse_args()
-
+    print(
+        f"timing {args.repeats} runs of {args.steps} steps without and {args.camera_steps} with a camera per "
+        "backend (robosuite, pybullet)...",
+        file=sys.stderr,
+        flush=True,
+    )
     table = Table(title="Control steps/s at 20 Hz: raw simulator vs our driver (best of repeats)")
     for column in ("backend", "camera", "raw steps/s", "driver steps/s", "driver / raw", "wrapper cost"):
         table.add_column(column, justify="right")
@@ -115,6 +124,7 @@ def main() -> None:
                 raw = max(raw, RAW_LOOPS[backend](driver, cmds, camera))
                 ours = max(ours, driver_loop(driver, cmds))
             driver.close()
+            print(f"  {backend}, {'camera' if camera else 'no camera'}: done", file=sys.stderr, flush=True)
             table.add_row(
                 backend,
                 "84x84 front" if camera else "none",
@@ -127,4 +137,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

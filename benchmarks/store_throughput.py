@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_cli.py: both ways to run it
+
 import numpy as np
 
+from benchmarks._cli import run_script
 from collector.store import SessionStore
 
 
@@ -186,6 +190,7 @@ def main() -> None:
                 ("naive h5py", "@500Hz", lambda s=steps: run_naive(base / "n", s, args.steps, 1, 500)),
             ]
             for name, mode, fn in runs:
+                print(f"{case}: {name} {mode}...", file=sys.stderr, flush=True)
                 total, lat, fin, size = fn()
                 n = len(lat)
                 rows.append(
@@ -218,4 +223,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -8,7 +8,7 @@ Ours and the reference run in alternating rounds so a busy machine slows both al
 the median over rounds. DrQ+BC (84x84, 3 stacked RGB frames) gets images/s (observations trained on
 per second: batch x updates/s) and the memory per 100K transitions computed from array sizes.
 
-    .venv/bin/python -m benchmarks.train_throughput [--seconds 2] [--rounds 3] [--threads N] [--device cpu]
+    .venv/bin/python benchmarks/train_throughput.py [--seconds 2] [--rounds 3] [--threads N] [--device cpu]
 """
 
 from __future__ import annotations
@@ -16,14 +16,19 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_cli.py: both ways to run it
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks._cli import run_script
 from learning.algorithms import ObservationSpec, make_algorithm
 
 OBS_DIM, ACTION_DIM = 14, 7  # 001's proprio observation (q, dq) and joint-velocity action
@@ -246,8 +251,13 @@ def main() -> None:
 
     rows = []
     shares: dict[str, float] = {}  # CPU time share of matrix multiplications, TD3+BC
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
     for dev_name in devices:
         device = torch.device(dev_name)
+        say(f"{dev_name}: TD3+BC, ours and the reference, {args.rounds} rounds of {args.seconds:g} s each...")
         data = vector_data(device)
         td3_ours, _ = ours_step("td3bc", data, device)
         td3_ref = reference_step(data, device)
@@ -256,10 +266,12 @@ def main() -> None:
         if dev_name == "cpu":
             shares = {"ours": matmul_share(td3_ours), "reference": matmul_share(td3_ref)}
         for name, label in (("bcq", "BCQ"), ("bc", "BC")):
+            say(f"{dev_name}: {label}...")
             step, batch_size = ours_step(name, data, device)
             rows.append((dev_name, label, batch_size, median_rates({"x": step}, device, args.seconds, 1)["x"], None))
         drq_batches = [(256, args.drq_updates), (32, 10)] if dev_name == "cpu" else [(256, 50)]
         for batch_size, updates in drq_batches:
+            say(f"{dev_name}: DrQ+BC, {updates} updates at batch {batch_size}...")
             rows.append((dev_name, "DrQ+BC 84x84x9", batch_size, drq_rate(device, batch_size, updates), None))
 
     print()
@@ -290,4 +302,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -15,6 +15,37 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 
+def runnable(tool: str = "pandalab") -> str:
+    """How to run ``tool``, a program of this Python environment (``pandalab``, ``tensorboard``),
+    from the current directory: its bare name when PATH finds this environment's copy (an activated
+    venv), else its path, relative when it lies below the current directory (``.venv/bin/pandalab``
+    in the repository root after `make demo`). Every command the tools print starts with this, so
+    it runs as printed."""
+    import pathlib
+    import shutil
+
+    script = pathlib.Path(sys.executable).parent / tool
+    if not script.exists():
+        return tool
+    found = shutil.which(tool)
+    if found and pathlib.Path(found).resolve() == script.resolve():
+        return tool
+    local = pathlib.Path(".venv", "bin", tool)  # the Makefile's venv, here (perhaps a link to this one)
+    if local.exists() and local.resolve() == script.resolve():
+        return str(local)
+    try:
+        return str(script.relative_to(pathlib.Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
+def command_line(tool: str, *args: object) -> str:
+    """A runnable, shell-quoted command line: `runnable` (tool) followed by ``args``."""
+    import shlex
+
+    return shlex.join([runnable(tool), *map(str, args)])
+
+
 def _add_sim(subparsers: argparse._SubParsersAction) -> None:
     sim = subparsers.add_parser("sim", help="simulator tools")
     sim_sub = sim.add_subparsers(dest="sim_command", required=True)
@@ -134,7 +165,7 @@ def _detach(args: argparse.Namespace, config) -> int:
             return 1
         time.sleep(0.2)
     print(f"collector started: pid {process.pid}, {status['state']}, log {log_path}, control {config.control_address}")
-    print(f"watch it with: pandalab ctl status --address {config.control_address}")
+    print(f"watch it with: {command_line('pandalab', 'ctl', 'status', '--config', args.config)}")
     return 0
 
 
@@ -146,14 +177,61 @@ def _last_line(path, offset: int) -> str:
     return lines[-1] if lines else ""
 
 
+CTL_COMMANDS = {
+    "status": (
+        "print one JSON snapshot of the collector",
+        "Print one JSON snapshot of a running collector: state (starting, resetting, running, training, paused, "
+        "held, stopping, stopped), hold_reason, episode and step, recorded steps, step rate, stop condition, "
+        "filter interventions, the last safety incident, free disk. Exit 1 when no collector answers.",
+    ),
+    "watch": (
+        "stream telemetry, one JSON line per update, until Ctrl-C",
+        "Subscribe to the collector's telemetry (the same fields as status, a few times per second) and print "
+        "each update as one JSON line until Ctrl-C (exit 0). Exit 1 when nothing arrives within --timeout.",
+    ),
+    "pause": (
+        "stop the arm and hold it mid-episode until resume",
+        "Stop the arm (within its acceleration limits) and hold it where it is, mid-episode; the episode "
+        "continues after `resume`. The reply is the new status (state paused).",
+    ),
+    "resume": (
+        "continue after pause, an e-stop or a hold",
+        "Continue after `pause`, `estop` or a hold (disk, writer, repeated violations, no reset path) once its "
+        "cause is fixed. The reply is the new status.",
+    ),
+    "stop": (
+        "finish the current episode, move the arm home and exit",
+        "Finish the current episode (state stopping), reset the arm to home and exit 0, like Ctrl-C or SIGTERM.",
+    ),
+    "estop": (
+        "software e-stop: stop the arm now, end the episode, hold until resume",
+        "Stop the arm at once (within its acceleration limits), end the episode as operator_stop and hold "
+        "until `resume`. Not a substitute for the robot's hardware e-stop button.",
+    ),
+}
+"""`pandalab ctl` subcommands: (one-line help, description)."""
+
+
 def _add_ctl(subparsers: argparse._SubParsersAction) -> None:
-    ctl = subparsers.add_parser("ctl", help="talk to a running collector over ZMQ")
-    ctl.add_argument("command", choices=["status", "pause", "resume", "stop", "estop", "watch"])
-    where = ctl.add_mutually_exclusive_group()
-    where.add_argument("--config", help="the session's YAML file (its control/telemetry addresses)")
-    where.add_argument("--address", help="control address (default tcp://127.0.0.1:5555); watch: telemetry")
-    ctl.add_argument("--reason", default="", help="reason logged with the command")
-    ctl.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
+    ctl = subparsers.add_parser(
+        "ctl",
+        help="talk to a running collector over ZMQ (status, watch, pause, resume, stop, estop)",
+        description="Talk to a running collector. Each subcommand has its own --help.",
+    )
+    where = argparse.ArgumentParser(add_help=False)
+    addresses = where.add_mutually_exclusive_group()
+    addresses.add_argument("--config", help="the session's YAML file (its control and telemetry addresses)")
+    addresses.add_argument(
+        "--address",
+        help="control address (default tcp://127.0.0.1:5555); for watch: the telemetry address "
+        "(default tcp://127.0.0.1:5556)",
+    )
+    where.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer (default 3)")
+    ctl_sub = ctl.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (summary, description) in CTL_COMMANDS.items():
+        command = ctl_sub.add_parser(name, parents=[where], help=summary, description=description)
+        if name not in ("status", "watch"):
+            command.add_argument("--reason", default="", help="reason logged with the command (events.jsonl)")
     ctl.set_defaults(handler=_run_ctl)
 
 
@@ -179,7 +257,8 @@ def _run_ctl(args: argparse.Namespace) -> int:
         if args.command == "watch":
             while True:
                 print(json.dumps(subscribe_telemetry(telemetry, args.timeout)), flush=True)
-        fields = {"reason": args.reason} if args.reason else {}
+        reason = getattr(args, "reason", "")
+        fields = {"reason": reason} if reason else {}
         reply = send_request(control, args.command, args.timeout, **fields)
     except TimeoutError as error:
         print(error, file=sys.stderr)
@@ -193,7 +272,7 @@ def _run_ctl(args: argparse.Namespace) -> int:
 def _add_data(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="summarise, check, render and plot recorded sessions")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    info = data_sub.add_parser("info", help="sessions, episodes, transitions, outcomes, size")
+    info = data_sub.add_parser("info", help="sessions, episodes, recorded steps, outcomes, size, damage")
     info.add_argument("paths", nargs="+", help="session directories or data roots")
     info.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     verify = data_sub.add_parser("verify", help="checksums and schema of every file; exit 1 on damage")
@@ -228,6 +307,21 @@ def _run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Renamed(argparse.Action):
+    """An old spelling of a flag, still accepted (hidden from --help) with a one-line note on stderr."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"note: {option_string} is now {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+DEVICE_HELP = "auto (default: CUDA when present, else CPU), cpu, cuda or cuda:N"
+
+
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train",
@@ -242,17 +336,27 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--obs", default="proprio", choices=["proprio", "proprio+object", "image"])
     train.add_argument("--algo", default="td3bc", help="td3bc (default), bcq, drqbc or bc")
-    train.add_argument("--steps", type=int, default=100_000, help="gradient updates in total (default 100000)")
+    train.add_argument(
+        "--updates",
+        type=int,
+        default=100_000,
+        help="gradient updates in total (default 100000; a resumed run continues to this)",
+    )
+    train.add_argument("--steps", type=int, dest="updates", action=_Renamed, new="--updates")
     train.add_argument("--out", help="run directory (default runs/<algo>_<task>_<obs>_<seed>)")
     train.add_argument(
         "--resume", nargs="?", const=True, default=None, help="continue from the run's checkpoint (or this one)"
     )
     train.add_argument("--eval-every", type=int, help="updates between evaluations (default 10000; 0: at the end)")
     train.add_argument("--eval-episodes", type=int, help="episodes per evaluation (default 5; 0: none)")
-    train.add_argument("--eval-steps", type=int, help="steps per evaluation episode (default episode_steps, <= 200)")
+    train.add_argument(
+        "--eval-steps",
+        type=int,
+        help="control steps per evaluation episode (default: the data's episode_steps, <= 200)",
+    )
     train.add_argument("--checkpoint-every", type=int, help="updates between checkpoints (default 5000)")
     train.add_argument("--seed", type=int, help="seed (default 0)")
-    train.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda")
+    train.add_argument("--device", default="auto", help=DEVICE_HELP)
     train.add_argument("--batch-size", type=int, help="batch size (default: the algorithm's)")
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.add_argument("--camera", help="camera of image observations (default: the first recorded)")
@@ -277,9 +381,13 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     ev = subparsers.add_parser("eval", help="score a training checkpoint in simulation")
     ev.add_argument("--checkpoint", required=True, help="checkpoint.pt, or a run directory")
     ev.add_argument("--episodes", type=int, default=10, help="episodes (default 10)")
-    ev.add_argument("--steps", type=int, help="steps per episode (default: the run's evaluation length)")
+    ev.add_argument(
+        "--episode-steps", type=int, help="control steps per episode (default: the run's evaluation length)"
+    )
+    ev.add_argument("--steps", type=int, dest="episode_steps", action=_Renamed, new="--episode-steps")
     ev.add_argument("--video", help="write an mp4 of the first episode here")
-    ev.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
+    ev.add_argument("--no-progress", action="store_true", help="no line per episode on stderr")
+    ev.add_argument("--device", default="auto", help=DEVICE_HELP)
     ev.add_argument("--backend", help="simulator (default: the one the data came from)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the start-pose perturbations (default 0)")
     ev.add_argument("--algo", help="refuse a checkpoint of another algorithm")
@@ -300,7 +408,8 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--config", default="configs/demo.yaml", help="collection config (default configs/demo.yaml)")
     demo.add_argument("--out", default="out/demo", help="folder for the runs (default out/demo)")
-    demo.add_argument("--steps", type=int, default=None, help="updates per algorithm (default: the demo's)")
+    demo.add_argument("--updates", type=int, default=None, help="gradient updates per algorithm (default 10000)")
+    demo.add_argument("--steps", type=int, dest="updates", action=_Renamed, new="--updates")
     demo.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes (default: the demo's)")
     demo.set_defaults(handler=_run_demo)
 
@@ -327,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Every non-zero exit says why on stderr in one line; an unexpected error
     also writes its traceback to a file named in that line (for a bug report)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what was run: `train` prints it as the command that resumes the run
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

@@ -60,7 +60,12 @@ class ExplorerSettings(_Strict):
 
 
 class StopCondition(_Strict):
-    transitions: int | None = Field(None, gt=0, description="Stop after this many recorded steps.")
+    steps: int | None = Field(
+        None,
+        gt=0,
+        description="Stop after this many recorded control steps (finished episodes; resumed runs count "
+        "the steps already recorded). Was `transitions` before (refused now, with a message).",
+    )
     episodes: int | None = Field(None, gt=0, description="Stop after this many finished episodes.")
     wall_time_s: float | None = Field(None, gt=0, description="Stop after this many seconds.")
 
@@ -246,6 +251,23 @@ def _option_problems(data: dict[str, Any]) -> list[str]:
     return problems
 
 
+RENAMED_KEYS = {("stop", "transitions"): "stop.steps"}
+"""Keys of earlier pandalab versions, refused with the new name: `stop.transitions` counted recorded
+control steps, which the collector now calls steps (transitions are (s, a, s') pairs, T - 1 per episode)."""
+
+
+def _renamed_problems(data: dict[str, Any]) -> list[str]:
+    """One problem per renamed key; the key is removed from ``data`` (the caller's copy) so that it is
+    not also reported as unknown."""
+    problems = []
+    for (section, key), new in RENAMED_KEYS.items():
+        part = data.get(section)
+        if isinstance(part, dict) and key in part:
+            data[section] = {k: v for k, v in part.items() if k != key}
+            problems.append(f"{section}.{key}: renamed to {new} (it counts recorded control steps)")
+    return problems
+
+
 def parse_session_config(data: Any, source: str = "config") -> SessionConfig:
     """Validate a config mapping, including the backend's and the explorer's own options; the
     `ConfigError` lists every problem found, one per line, each starting with its field."""
@@ -260,7 +282,8 @@ def parse_session_config(data: Any, source: str = "config") -> SessionConfig:
             f"{where.split(' = ')[0]}: must be a finite number, got {where.split(' = ')[1]}" for where in non_finite
         ]
         raise ConfigError(_one_per_line(source, problems))
-    problems = _option_problems(data)
+    data = dict(data)  # renamed keys are taken out of this copy, never out of the caller's mapping
+    problems = _option_problems(data) + _renamed_problems(data)
     config = None
     try:
         config = SessionConfig(**data)

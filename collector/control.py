@@ -9,8 +9,8 @@
   `MAX_REQUEST_BYTES` are dropped by ZMQ itself before they are read (the sender's connection is
   closed), so a huge payload cannot exhaust memory.  Even a handler that fails is answered with an
   error: `ControlServer.poll` never raises.
-- A PUB socket publishes telemetry as ``b"telemetry " + JSON`` (step rate, episode, transitions,
-  safety events, disk).
+- A PUB socket publishes telemetry as ``b"telemetry " + JSON`` (step rate, episode, recorded
+  steps, safety events, disk).
 
 `ControlServer.poll` never blocks and never raises on bad input: the collector calls it once per
 control step.

@@ -210,7 +210,7 @@ def session_health(session: pathlib.Path) -> dict:
         "session": str(session),
         "session_id": _setting(config, "session_id") or session.name,
         "episodes": len(manifest),
-        "transitions": sum(e.steps for e in manifest),
+        "steps": sum(e.steps for e in manifest),
         "outcomes": dict(collections.Counter(e.outcome for e in manifest)),
         "bytes": _directory_bytes(session),
         "backend": _setting(config, "robot", "backend"),
@@ -255,7 +255,7 @@ def _health_text(row: dict) -> str:
 
 
 def info(paths: Sequence[str | pathlib.Path], console: Console | None = None, as_json: bool = False) -> list[dict]:
-    """Per session: episodes, transitions, outcomes, size on disk, action space, cameras, and its
+    """Per session: episodes, recorded steps, outcomes, size on disk, action space, cameras, and its
     damage (episode files missing, damaged by size, unlisted or partial; session.yaml or the
     explorer checkpoint damaged).  Prints a table (full width when not on a terminal), or with
     ``as_json`` one JSON document ``{"sessions": [...], "total": {...}}``.  Checksums are not
@@ -269,7 +269,7 @@ def info(paths: Sequence[str | pathlib.Path], console: Console | None = None, as
     total = {
         "sessions": len(rows),
         "episodes": sum(r["episodes"] for r in rows),
-        "transitions": sum(r["transitions"] for r in rows),
+        "steps": sum(r["steps"] for r in rows),
         "bytes": sum(r["bytes"] for r in rows),
         "sessions_with_problems": sum(bool(r["problems"]) for r in rows),
     }
@@ -285,7 +285,7 @@ def info(paths: Sequence[str | pathlib.Path], console: Console | None = None, as
         "explorer",
         "cameras",
         "episodes",
-        "transitions",
+        "steps",
         "outcomes",
         "size",
         "health",
@@ -300,7 +300,7 @@ def info(paths: Sequence[str | pathlib.Path], console: Console | None = None, as
             escape(str(row["explorer"] or "?")),
             escape(",".join(row["cameras"]) or "-"),
             str(row["episodes"]),
-            str(row["transitions"]),
+            str(row["steps"]),
             escape(", ".join(f"{k}: {v}" for k, v in sorted(row["outcomes"].items()))),
             f"{row['bytes'] / 1e6:.1f} MB",
             f"[red]{escape(health)}[/red]" if row["problems"] else health,
@@ -313,7 +313,7 @@ def info(paths: Sequence[str | pathlib.Path], console: Console | None = None, as
             "",
             "",
             str(total["episodes"]),
-            str(total["transitions"]),
+            str(total["steps"]),
             "",
             f"{total['bytes'] / 1e6:.1f} MB",
             f"{total['sessions_with_problems']} with problems" if total["sessions_with_problems"] else "ok",
@@ -324,7 +324,9 @@ def info(paths: Sequence[str | pathlib.Path], console: Console | None = None, as
         for problem in row["problems"]:
             console.print(f"[red]PROBLEM[/red] {escape(row['session'])}: {escape(problem)}")
     if total["sessions_with_problems"]:
-        console.print("(sizes checked, not checksums: `pandalab data verify` reads every byte)")
+        from collector.cli import runnable
+
+        console.print(f"(sizes checked, not checksums: `{runnable()} data verify` reads every byte)")
     return rows
 
 
@@ -446,7 +448,7 @@ def coverage(paths: Sequence[str | pathlib.Path], out: str | pathlib.Path, conso
     if not tips:
         raise DataToolError("no readable episodes")
     tip = np.concatenate(tips)
-    result = {"transitions": len(tip), "tip_cells": _occupied_cells(tip, TIP_GRID_BOUNDS, TIP_GRID_CELL_M)}
+    result = {"steps": len(tip), "tip_cells": _occupied_cells(tip, TIP_GRID_BOUNDS, TIP_GRID_CELL_M)}
     has_cube = bool(cubes)
     columns = 2 + (len(CUBE_FACE_COLOURS) if has_cube else 0)
     figure, axes = plt.subplots(1, columns, figsize=(3.2 * columns, 3.4))

@@ -18,8 +18,8 @@ def eta_seconds(status: dict[str, Any]) -> float | None:
     estimates = []
     if target.get("wall_time_s"):
         estimates.append(max(0.0, target["wall_time_s"] - status["elapsed_s"]))
-    if rate > 0 and target.get("transitions"):
-        estimates.append(max(0, target["transitions"] - status["transitions"]) / rate)
+    if rate > 0 and target.get("steps"):
+        estimates.append(max(0, target["steps"] - status["steps"]) / rate)
     if rate > 0 and target.get("episodes"):
         remaining = max(0, target["episodes"] - status["episodes"]) * status["episode_steps"] - status["episode_step"]
         estimates.append(max(0, remaining) / rate)
@@ -58,7 +58,7 @@ def render_status(status: dict[str, Any]) -> Table:
     table.add_column()
     table.add_row("session", f"{status['session']}   state: {_state_text(status)}")
     table.add_row("episode", f"{status['episode']}  step {status['episode_step']}/{status['episode_steps']}")
-    table.add_row("collected", f"{status['episodes']} episodes, {status['transitions']} transitions")
+    table.add_row("collected", f"{status['episodes']} episodes, {status['steps']} steps recorded")
     table.add_row("rate", f"{status['step_rate_hz']:.1f} steps/s   ETA {_format_duration(eta_seconds(status))}")
     table.add_row("safety", f"{status.get('interventions', 0)} filter interventions this episode")
     table.add_row("last incident", _event_text(status.get("last_incident")))
@@ -97,7 +97,7 @@ class ProgressDisplay:
             self._last_line = now
             print(
                 f"[{time.strftime('%H:%M:%S')}] {_state_text(status)} | episode {status['episode']} "
-                f"step {status['episode_step']} | {status['episodes']} episodes {status['transitions']} transitions "
+                f"step {status['episode_step']} | {status['episodes']} episodes {status['steps']} steps "
                 f"| {status['step_rate_hz']:.1f} steps/s ETA {_format_duration(eta_seconds(status))} "
                 f"| last incident: {_event_text(status.get('last_incident'))}",
                 flush=True,

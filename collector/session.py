@@ -115,7 +115,8 @@ class Collector:
         self.hold_reason: str | None = None
         self.stop_requested = False
         self.estop_requested = False
-        self.transitions = 0
+        self.steps = 0
+        """Control steps recorded in finished episodes of this session (resumed runs included)."""
         self.episodes = 0
         self.episode_index: int | None = None
         self.episode_step = 0
@@ -170,13 +171,13 @@ class Collector:
             ) from None
         manifest = read_manifest(self.store.session_dir)
         self.episodes = len(manifest)
-        self.transitions = sum(info.steps for info in manifest)
+        self.steps = sum(info.steps for info in manifest)
         self.store.log_event(
             "session_start",
             resumed=bool(manifest),
             recovery=self.store.recovery.summary(),
             episodes=self.episodes,
-            transitions=self.transitions,
+            steps=self.steps,
             fsync=True,
         )
         watchdog = Watchdog(max_state_age_s=2.0 / config.control_rate_hz) if self.realtime else None
@@ -294,11 +295,11 @@ class Collector:
             "episode_step": self.episode_step,
             "episode_steps": self.episode_steps,
             "episodes": self.episodes,
-            "transitions": self.transitions,
+            "steps": self.steps,
             "step_rate_hz": round(rate, 2),
             "elapsed_s": round(now - self.started_at, 1),
             "stop_at": {
-                "transitions": target.transitions,
+                "steps": target.steps,
                 "episodes": target.episodes,
                 "wall_time_s": target.wall_time_s,
             },
@@ -361,7 +362,7 @@ class Collector:
     def stop_condition_met(self) -> bool:
         target = self.config.stop
         return (
-            (target.transitions is not None and self.transitions >= target.transitions)
+            (target.steps is not None and self.steps >= target.steps)
             or (target.episodes is not None and self.episodes >= target.episodes)
             or (target.wall_time_s is not None and time.monotonic() - self.started_at >= target.wall_time_s)
         )
@@ -404,7 +405,7 @@ class Collector:
             with contextlib.suppress(DriverFault):
                 self._recover_arm()  # leave the arm at home, at rest (never after an e-stop)
         self.state_name = "stopped"
-        self.store.log_event("session_stop", episodes=self.episodes, transitions=self.transitions, fsync=True)
+        self.store.log_event("session_stop", episodes=self.episodes, steps=self.steps, fsync=True)
         self._poll(force_telemetry=True)
         return 0
 
@@ -602,7 +603,7 @@ class Collector:
             return EpisodeResult(index, steps, "unfinished")
         if info is not None:
             self.episodes += 1
-            self.transitions += steps
+            self.steps += steps
         self.state_name = "training"
         self.safe.stop()  # the arm is held still while the explorer trains
         self.explorer.on_episode_end(np.array(observations))

@@ -52,7 +52,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from collector.datatools import read_session_yaml
-from collector.store import Episode, atomic_write_text, find_sessions, iter_episodes
+from collector.store import Episode, atomic_write_text, find_sessions, iter_episodes, read_manifest
 from learning.algorithms.base import ObservationSpec
 from learning.relabel import PRIVILEGED_KEYS, check_privileged, relabel
 from safety.reset import DEFAULT_HOME_Q
@@ -199,6 +199,17 @@ def _check_compatible(infos: list[SessionInfo]) -> None:
             )
 
 
+def _listed_episodes(session_dir: Path) -> int | None:
+    """How many episodes the manifest lists (for progress; None when it cannot be read: the store
+    reports that itself when the episodes are read)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return len(read_manifest(session_dir))
+        except Exception:
+            return None
+
+
 def _available_memory_bytes() -> int:
     with contextlib.suppress(OSError), open("/proc/meminfo") as f:
         for line in f:
@@ -252,6 +263,8 @@ class OfflineDataset:
         device: where tensors live and batches are built.
         image_cache: ``memory``, ``memmap`` or ``auto``; cache_dir: where the memory map goes.
         seed: seed of the sampler's generator.
+        progress: called as ``progress(stage, done, total)`` while reading, relabelling and
+            loading frames (the trainer prints it, throttled); ``total`` may be None.
     """
 
     def __init__(
@@ -271,6 +284,7 @@ class OfflineDataset:
         cache_dir: str | os.PathLike | None = None,
         seed: int = 0,
         verify_checksum: bool = True,
+        progress: Callable[[str, int, int | None], None] | None = None,
     ) -> None:
         if obs not in OBS_KINDS:
             raise DatasetError(f"unknown observation kind {obs!r}; known: {', '.join(OBS_KINDS)}")
@@ -290,6 +304,7 @@ class OfflineDataset:
         self.upsample_alpha = float(upsample_alpha)
         self.terminal_on_success = terminal_on_success
         self.device = torch.device(device)
+        self._progress = progress or (lambda stage, done, total=None: None)
 
         try:
             session_dirs = find_sessions(self.sources)
@@ -307,7 +322,13 @@ class OfflineDataset:
                 continue
             except DatasetError:
                 info = None  # no session.yaml: refused below if the session holds episodes
-            eps = list(iter_episodes(sd, required_keys=BASE_KEYS, verify_checksum=verify_checksum))
+            listed = _listed_episodes(sd)
+            stage = f"{'checking' if verify_checksum else 'opening'} the episodes of {sd.name}"
+            eps = []
+            self._progress(stage, 0, listed)
+            for e in iter_episodes(sd, required_keys=BASE_KEYS, verify_checksum=verify_checksum):
+                eps.append(e)
+                self._progress(stage, len(eps), listed)
             eps = [e for e in eps if e.steps >= 2]
             if not eps:
                 continue
@@ -368,7 +389,9 @@ class OfflineDataset:
         tip = np.empty((size, 3), np.float64)
         first = np.empty(size, np.int64)
         ep_last = np.empty(size, np.int64)
+        stage = f"reading and relabelling for {self.task.name}"
         for e_num, ep in enumerate(episodes):
+            self._progress(stage, e_num, len(episodes))
             a, b = int(starts[e_num]), int(starts[e_num + 1])
             arrays = {k: ep.load(k) for k in set(vec_keys) | set(task_keys) | {"command"}}
             if vec_keys:
@@ -383,6 +406,7 @@ class OfflineDataset:
                 first[a + s : a + t] = a + s
                 ep_last[a + s : a + t] = a + t - 1
             ep.close()
+        self._progress(stage, len(episodes), len(episodes))
         self.tip_pos = tip
         self.reward_state = reward_state
         self.success_state = success_state
@@ -444,12 +468,15 @@ class OfflineDataset:
         ]
         return hashlib.sha256(json.dumps([self.camera, parts]).encode()).hexdigest()[:20]
 
-    def _fill_frames(self, out: np.ndarray) -> None:
+    def _fill_frames(self, out: np.ndarray, stage: str) -> None:
         key = f"obs/images/{self.camera}"
+        n = len(self.episodes)
         for e_num, ep in enumerate(self.episodes):
+            self._progress(stage, e_num, n)
             a, b = int(self.episode_starts[e_num]), int(self.episode_starts[e_num + 1])
             out[a:b] = ep.load(key).transpose(0, 3, 1, 2)
             ep.close()
+        self._progress(stage, n, n)
 
     def _load_frames(self, mode: str, cache_dir) -> tuple[torch.Tensor, str]:
         h, w, c = self.episodes[0].fields[f"obs/images/{self.camera}"].shape
@@ -459,7 +486,7 @@ class OfflineDataset:
             mode = "memmap" if nbytes > _available_memory_bytes() // 2 else "memory"
         if mode == "memory":
             frames = np.empty(shape, np.uint8)
-            self._fill_frames(frames)
+            self._fill_frames(frames, f"loading {nbytes / 2**20:.1f} MiB of {self.camera} frames into memory")
             return torch.from_numpy(frames).to(self.device), "memory"
         root = Path(cache_dir) if cache_dir is not None else self.session_info.path.parent / ".pandalab-cache"
         root.mkdir(parents=True, exist_ok=True)
@@ -468,7 +495,7 @@ class OfflineDataset:
         if not (path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("shape") == list(shape)):
             tmp = root / f".frames-{key}.{os.getpid()}.tmp"
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-            self._fill_frames(mm)
+            self._fill_frames(mm, f"writing {nbytes / 2**20:.1f} MiB of {self.camera} frames to the cache {path}")
             mm.flush()
             del mm
             with open(tmp, "rb+") as f:
@@ -477,6 +504,8 @@ class OfflineDataset:
             atomic_write_text(
                 meta, json.dumps({"shape": list(shape), "camera": self.camera, "episodes": len(self.episodes)})
             )
+        else:
+            self._progress(f"reusing the frame cache {path}", 1, 1)
         frames = np.load(path, mmap_mode="c")  # copy-on-write map: writable for torch, never written
         return torch.from_numpy(frames), "memmap"
 

@@ -3,16 +3,21 @@
 1. collect a small dataset in simulation with the default explorer (random linear policies) by
    running the real collector daemon: ``pandalab collect --config configs/demo.yaml`` as a
    subprocess (PyBullet, no camera, 200-step episodes, 12000 steps);
-2. relabel it for reach:0 and train TD3+BC and BC from proprioception (``DEMO_STEPS`` updates
+2. relabel it for reach:0 and train TD3+BC and BC from proprioception (``DEMO_UPDATES`` updates
    each, evaluated in the same simulator);
 3. print a table of both against the behaviour data's own closest distance to goal 0 (the minimum
    over every logged tool-tip position, and the mean over episodes of each episode's closest), with
    the paths of the data, the curves and the checkpoints, and the time it all took.
+
+Every command it prints runs as printed from where it was started (`collector.cli.runnable`:
+``.venv/bin/pandalab`` in the repository root unless the venv is on PATH). Ctrl-C ends it with one
+line (exit 130): the collector is passed the Ctrl-C and finishes its episode first.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +26,7 @@ from typing import Any
 
 import yaml
 
-DEMO_STEPS = {"td3bc": 10_000, "bc": 10_000}
+DEMO_UPDATES = {"td3bc": 10_000, "bc": 10_000}
 """Gradient updates per algorithm (both with the published network sizes and batch 256)."""
 DEMO_EVAL_EPISODES = 10
 DEMO_TASK = "reach:0"
@@ -33,16 +38,47 @@ def _sessions(root: Path) -> set[Path]:
     return {p for p in root.iterdir() if (p / "manifest.jsonl").exists()}
 
 
+class DemoInterrupted(Exception):
+    """Ctrl-C during the demo; the message says during what."""
+
+
+def _wait_for_collector(process: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """After Ctrl-C: pass it on to the collector (its own process group, so that it gets each Ctrl-C
+    exactly once), which finishes its episode and exits; a further Ctrl-C is passed on as well (the
+    collector then stops the arm at once). Killed if it has not exited after ``timeout_s``."""
+    process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        except KeyboardInterrupt:
+            process.send_signal(signal.SIGINT)
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 def collect(config_path: Path) -> Path:
     """Run the collector daemon on ``config_path``; return the session directory it recorded."""
+    from collector.cli import command_line
+
     data = yaml.safe_load(config_path.read_text())
     root = Path(data.get("data_root", "data"))
     before = _sessions(root)
     cmd = [sys.executable, "-m", "collector.cli", "collect", "--config", str(config_path)]
-    print(f"$ pandalab collect --config {config_path}", flush=True)
-    result = subprocess.run(cmd)
-    if result.returncode != 0:
-        raise SystemExit(f"pandalab collect failed with exit code {result.returncode}")
+    print(f"$ {command_line('pandalab', 'collect', '--config', config_path)}", flush=True)
+    process = subprocess.Popen(cmd, process_group=0)  # Ctrl-C reaches it through `_wait_for_collector` only
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        _wait_for_collector(process)
+        raise DemoInterrupted(
+            f"while collecting (the collector finished its episode and exited {process.returncode})"
+        ) from None
+    if code != 0:
+        raise SystemExit(f"pandalab collect failed with exit code {code}")
     new = sorted(_sessions(root) - before, key=lambda p: p.stat().st_mtime)
     if not new:
         sid = data.get("session_id")
@@ -78,7 +114,7 @@ def table(reports: dict[str, dict[str, Any]], behaviour: dict[str, Any]) -> str:
         e = rep["last"]
         lines.append(
             _row(
-                f"{algo} ({rep['steps']} updates)",
+                f"{algo} ({rep['updates']} updates)",
                 e["success_rate"],
                 e["closest_distance_mean_m"],
                 e["closest_distance_min_m"],
@@ -96,38 +132,49 @@ def table(reports: dict[str, dict[str, Any]], behaviour: dict[str, Any]) -> str:
 def run_demo(
     config_path: str | Path = "configs/demo.yaml",
     out: str | Path = "out/demo",
-    steps: dict[str, int] | None = None,
+    updates: dict[str, int] | None = None,
     eval_episodes: int = DEMO_EVAL_EPISODES,
 ) -> dict[str, Any]:
-    from learning.trainer import TrainConfig, train
+    from collector.cli import command_line
+    from learning.trainer import TrainConfig, Trainer
 
     started = time.monotonic()
     out = Path(out)
-    steps = steps or DEMO_STEPS
+    updates = updates or DEMO_UPDATES
     session = collect(Path(config_path))
     collected = time.monotonic()
     reports: dict[str, dict[str, Any]] = {}
     stamp = session.name
-    for algo, n in steps.items():
+    for algo, n in updates.items():
         run_dir = out / "runs" / f"{algo}_{stamp}"
-        print(
-            f"$ pandalab train --data {session} --task {DEMO_TASK} --obs proprio --algo {algo} --steps {n} "
-            f"--out {run_dir}",
-            flush=True,
-        )
+        eval_every = max(1, n // 2)
+        args = ["train", "--data", session, "--task", DEMO_TASK, "--obs", "proprio", "--algo", algo]
+        args += ["--updates", n, "--eval-every", eval_every, "--eval-episodes", eval_episodes]
+        args += ["--checkpoint-every", max(1, n // 4), "--out", run_dir]
+        print(f"$ {command_line('pandalab', *args)}", flush=True)
         config = TrainConfig(
             data=[str(session)],
             task=DEMO_TASK,
             obs="proprio",
             algo=algo,
-            steps=n,
-            eval_every=n // 2,
+            updates=n,
+            eval_every=eval_every,
             eval_episodes=eval_episodes,
             checkpoint_every=max(1, n // 4),
             out=str(run_dir),
         )
-        reports[algo] = train(config)
-        print(f"  {algo}: {reports[algo]['train_seconds']:.0f} s", flush=True)
+        trainer = None
+        try:
+            trainer = Trainer(config)
+            reports[algo] = trainer.run()
+        except KeyboardInterrupt:
+            at = f" at update {trainer.step}" if trainer is not None else ""
+            raise DemoInterrupted(f"while training {algo}{at} (run {run_dir})") from None
+        report = reports[algo]
+        print(
+            f"  {algo}: {report['train_seconds']:.0f} s training, {report['eval_seconds']:.0f} s evaluating",
+            flush=True,
+        )
     total = time.monotonic() - started
     behaviour = next(iter(reports.values()))["behaviour"]
     summary = {
@@ -144,17 +191,22 @@ def run_demo(
     print(table(reports, behaviour))
     print()
     print(f"data         {session}  ({behaviour['episodes']} episodes, {behaviour['transitions']} transitions)")
-    print(f"curves       tensorboard --logdir {out / 'runs'}   (and metrics.csv in each run)")
+    print(f"curves       {command_line('tensorboard', '--logdir', out / 'runs')}   (and metrics.csv in each run)")
     for algo, rep in reports.items():
-        print(f"checkpoint   {rep['checkpoint']}   (pandalab eval --checkpoint {rep['checkpoint']} --video {algo}.mp4)")
+        evaluate = command_line("pandalab", "eval", "--checkpoint", rep["checkpoint"], "--video", f"{algo}.mp4")
+        print(f"checkpoint   {rep['checkpoint']}   ({evaluate})")
     print(f"report       {out / 'demo_report.json'}")
     print(f"time         {total:.0f} s in all ({collected - started:.0f} s collecting)")
     return summary
 
 
 def main_demo(args) -> int:
-    steps = None
-    if args.steps:
-        steps = {algo: args.steps for algo in DEMO_STEPS}
-    run_demo(args.config, args.out, steps, args.eval_episodes or DEMO_EVAL_EPISODES)
+    """`pandalab demo`: 0 when done; 130 with one line on Ctrl-C."""
+    updates = {algo: args.updates for algo in DEMO_UPDATES} if args.updates else None
+    try:
+        run_demo(args.config, args.out, updates, args.eval_episodes or DEMO_EVAL_EPISODES)
+    except (KeyboardInterrupt, DemoInterrupted) as interrupted:
+        during = f" {interrupted}" if isinstance(interrupted, DemoInterrupted) else ""
+        print(f"pandalab demo: interrupted{during}; run it again to start over", file=sys.stderr)
+        return 130
     return 0

@@ -18,6 +18,7 @@ the CLOSEST distance over the episode (including its first state).
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -190,8 +191,10 @@ def evaluate(
     seed: int = 0,
     video_path: str | Path | None = None,
     video_camera: str | None = None,
+    on_episode: Callable[[int, int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Score ``policy`` over ``episodes`` episodes; the first is recorded to ``video_path`` if given.
+    ``on_episode(i, episodes, result)`` is called after episode i (1-based), for progress.
 
     Uses its own random generator (seeded by ``seed``): the trainer's RNG streams are untouched."""
     rng = np.random.default_rng(seed)
@@ -202,6 +205,8 @@ def evaluate(
         results.append(run_episode(env, policy, home, frames, video_camera))
         if frames:
             write_video(video_path, frames, fps=float(env_spec.get("control_rate_hz", 20.0)))
+        if on_episode is not None:
+            on_episode(i + 1, episodes, results[-1])
     out = aggregate(results)
     out["per_episode"] = results
     return out

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, ConfigDict, Field, ValidationError
 
 from collector.store import atomic_write_bytes, atomic_write_text
 from safety.strict_model import StrictModel, validation_problems
@@ -59,7 +59,7 @@ IDENTITY_FIELDS = (
     "upsample_alpha",
     "terminal_on_success",
 )
-"""Fields a resumed run must share with its checkpoint (anything else, e.g. ``steps``, may change)."""
+"""Fields a resumed run must share with its checkpoint (anything else, e.g. ``updates``, may change)."""
 DEFAULT_N_STEP = {"drqbc": 3}
 """n-step returns when neither the config nor the algorithm's config says (DrQ+BC: 3; others 1)."""
 EVAL_STEPS_CAP = 200
@@ -92,7 +92,12 @@ class TrainConfig(StrictModel):
     algo_config: dict[str, Any] = Field(
         default_factory=dict, description="Overrides of the algorithm's config fields (e.g. hidden sizes)."
     )
-    steps: int = Field(100_000, gt=0, description="Gradient updates in total (a resumed run continues to this).")
+    updates: int = Field(
+        100_000,
+        gt=0,
+        validation_alias=AliasChoices("updates", "steps"),
+        description="Gradient updates in total (a resumed run continues to this). `steps` is its old name.",
+    )
     batch_size: int | None = Field(
         None, gt=0, description="Batch size; default the algorithm config's batch_size (TD3+BC 256, BCQ 100)."
     )
@@ -149,7 +154,9 @@ class TrainConfig(StrictModel):
         "mean Q from -2.4 to +1.3 within 10K updates at scale 1; steadily negative and lambda ~0.005 at 100).",
     )
     log_every: int = Field(100, gt=0, description="Updates between logged scalars (means over the window).")
-    progress: bool = Field(True, description="Show the live progress line.")
+    progress: bool = Field(
+        True, description="Progress on stderr: data loading, the first updates, a live line, evaluations."
+    )
 
     def run_dir(self) -> Path:
         if self.out:
@@ -247,13 +254,37 @@ def _algo_default(name: str, field: str, algo_config: dict[str, Any]):
     return None
 
 
-class _Progress:
-    """A rich progress line with updates/s and ETA on a terminal; a plain line every 10 s otherwise."""
+class _StageLog:
+    """Progress of set-up work (reading, checking and caching data) as plain lines on stderr: the
+    first call of a stage, then at most one line every ``every_s`` seconds, and its end."""
 
-    def __init__(self, enabled: bool, total: int, start: int) -> None:
-        self.enabled, self.total, self.start = enabled, total, start
+    def __init__(self, enabled: bool, every_s: float = 5.0) -> None:
+        self.enabled, self.every_s = enabled, every_s
         self.t0 = time.monotonic()
-        self.last_print = self.t0
+        self.stage: str | None = None
+        self.last_print = 0.0
+
+    def __call__(self, stage: str, done: int, total: int | None = None) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        finished = total is not None and done >= total
+        if stage != self.stage or finished or now - self.last_print >= self.every_s:
+            count = f"{done}/{total}" if total is not None and done <= total else f"{done}"
+            print(f"data: {stage}: {count} ({now - self.t0:.0f} s)", file=sys.stderr, flush=True)
+            self.stage, self.last_print = stage, now
+
+
+class _Progress:
+    """Training progress on stderr: a rich bar (updates/s, ETA, losses) on a terminal; otherwise a
+    line at the first update and then every ``every_s`` seconds. Updates/s count training time
+    only (evaluations excluded). Messages (evaluations) go above the bar, or as lines."""
+
+    def __init__(self, enabled: bool, total: int, start: int, every_s: float = 10.0) -> None:
+        self.enabled, self.total, self.start, self.every_s = enabled, total, start, every_s
+        self.last_print = 0.0
+        self.last_refresh = 0.0
+        self.info = ""
         self.rich = None
         if enabled and sys.stderr.isatty():
             from rich.console import Console
@@ -263,7 +294,7 @@ class _Progress:
                 TextColumn("[bold]train"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]:.0f} upd/s"),
+                TextColumn("{task.fields[rate]:.1f} upd/s"),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[info]}"),
@@ -273,23 +304,69 @@ class _Progress:
             self.task = self.rich.add_task("train", total=total, completed=start, rate=0.0, info="")
             self.rich.start()
 
-    def update(self, step: int, info: str) -> None:
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.rich is not None:
+            self.rich.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def update(self, step: int, train_seconds: float, info: str | None = None, force: bool = False) -> None:
+        """Called after every update: ``train_seconds`` is this session's training time so far."""
+        if not self.enabled:
+            return
+        if info is not None:
+            self.info = info
+        now = time.monotonic()
+        first = step == self.start + 1
+        if not (force or first or now - self.last_refresh >= 0.25):
+            return
+        self.last_refresh = now
+        rate = (step - self.start) / max(train_seconds, 1e-9)
+        if self.rich is not None:
+            self.rich.update(self.task, completed=step, rate=rate, info=self.info)
+        elif force or first or now - self.last_print >= self.every_s:
+            eta = _duration((self.total - step) / rate) if rate > 0 else "-"
+            print(
+                f"update {step}/{self.total} | {_rate(rate)} upd/s | ETA {eta} | {self.info}".rstrip(" |"),
+                file=sys.stderr,
+                flush=True,
+            )
+            self.last_print = now
+
+    def note(self, text: str) -> None:
+        """A passing state (an evaluation's episode): the bar's text, or a line every ``every_s``."""
         if not self.enabled:
             return
         now = time.monotonic()
-        rate = (step - self.start) / max(now - self.t0, 1e-9)
         if self.rich is not None:
-            self.rich.update(self.task, completed=step, rate=rate, info=info)
-        elif now - self.last_print >= 10.0:
-            eta = (self.total - step) / rate if rate > 0 else float("nan")
-            print(
-                f"step {step}/{self.total} | {rate:.0f} upd/s | ETA {eta:.0f} s | {info}", file=sys.stderr, flush=True
-            )
+            self.rich.update(self.task, info=text)
+        elif now - self.last_print >= self.every_s:
+            print(text, file=sys.stderr, flush=True)
             self.last_print = now
 
     def close(self) -> None:
         if self.rich is not None:
             self.rich.stop()
+
+
+def _duration(seconds: float) -> str:
+    """A duration for people: 42 s, 7 min 05 s, 3 h 12 min."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds // 60 % 60:02d} min"
+
+
+def _eval_text(result: dict[str, Any]) -> str:
+    """One evaluation in a few words: success rate, return, closest and final distance."""
+    text = f"success {result['success_rate']:.2f}, return {result['return_mean']:.1f}"
+    if "closest_distance_mean_m" in result:
+        text += f", closest {result['closest_distance_mean_m']:.3f} m, final {result['final_distance_mean_m']:.3f} m"
+    return text
 
 
 def _better(a: dict[str, Any], b: dict[str, Any] | None) -> bool:
@@ -337,6 +414,7 @@ class Trainer:
             image_cache=config.image_cache,
             cache_dir=config.cache_dir,
             seed=config.seed,
+            progress=_StageLog(config.progress),
         )
         self.dataset.scale_rewards(config.reward_scale or default_reward_scale(self.dataset.episode_returns()))
         algo_config = dict(config.algo_config)
@@ -347,6 +425,11 @@ class Trainer:
         self.eval_steps = config.eval_steps or min(self.dataset.env_spec["episode_steps"], EVAL_STEPS_CAP)
         self._env = None
         self.train_seconds = 0.0
+        """Time spent training (updates, logging, checkpoints) over every session of the run, s."""
+        self.eval_seconds = 0.0
+        """Time spent evaluating over every session of the run, s."""
+        self.saved_step: int | None = None
+        """The update of the last checkpoint on disk (None before the first)."""
 
     # -- setup
 
@@ -402,12 +485,15 @@ class Trainer:
             "history": self.history,
             "best": self.best,
             "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
         }
 
     def save_checkpoint(self) -> Path:
         buffer = io.BytesIO()
         torch.save(self.checkpoint_dict(), buffer)
-        return atomic_write_bytes(self.run_dir / "checkpoint.pt", buffer.getvalue())
+        path = atomic_write_bytes(self.run_dir / "checkpoint.pt", buffer.getvalue())
+        self.saved_step = self.step
+        return path
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.algo.load_state_dict(ckpt["algorithm"])
@@ -417,6 +503,8 @@ class Trainer:
         self.history = list(ckpt.get("history", []))
         self.best = ckpt.get("best")
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+        self.eval_seconds = float(ckpt.get("eval_seconds", 0.0))
+        self.saved_step = self.step
 
     # -- evaluation
 
@@ -433,7 +521,7 @@ class Trainer:
             )
         return self._env
 
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self, on_episode=None) -> dict[str, Any]:
         from learning.evaluate import Policy, evaluate
 
         policy = Policy(
@@ -448,6 +536,7 @@ class Trainer:
                 self.config.eval_episodes,
                 home_noise_rad=self.config.eval_home_noise_rad,
                 seed=self.config.seed,
+                on_episode=on_episode,
             )
         result = {"step": self.step, **{k: v for k, v in result.items() if k != "per_episode"}}
         self.history.append(result)
@@ -464,10 +553,10 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.start_ckpt is not None:
             self._restore(self.start_ckpt)
-            print(f"resuming {self.run_dir} from step {self.step} ({self.start_ckpt['path']})", file=sys.stderr)
+            print(f"resuming {self.run_dir} from update {self.step} ({self.start_ckpt['path']})", file=sys.stderr)
         else:
             atomic_write_text(self.run_dir / "config.json", json.dumps(config.model_dump(mode="json"), indent=2))
-        for advice in self.algo.run_advice(config.steps):
+        for advice in self.algo.run_advice(config.updates):
             print(f"warning: {advice}", file=sys.stderr)
         self._trim_csv(self.step)
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step if self.step else None)
@@ -480,38 +569,59 @@ class Trainer:
             writer.add_scalar(tag, value, self.step)
             csv_writer.writerow([self.step, tag, f"{value:.9g}"])
 
-        progress = _Progress(config.progress, config.steps, self.step)
+        progress = _Progress(config.progress, config.updates, self.step)
+        if self.step < config.updates:
+            progress.message(
+                f"training {config.algo} on {self.dataset.num_transitions} transitions, updates {self.step + 1}.."
+                f"{config.updates} on {self.device}, batch {self.batch_size} -> {self.run_dir}"
+            )
         sums: dict[str, float] = {}
-        count, window_start = 0, time.monotonic()
+        count = 0
         eval_on = config.eval_episodes > 0
-        started = loop_started = time.monotonic()
+        loop_started = window_start = segment_start = time.monotonic()
+        eval_session = window_eval = segment_eval = 0.0  # evaluation time this session / window / since checkpoint
         start_step = self.step
+
+        def on_episode(i: int, n: int, episode: dict[str, Any]) -> None:
+            progress.note(f"evaluating at update {self.step}: episode {i}/{n}")
+
         try:
-            while self.step < config.steps:
+            while self.step < config.updates:
                 losses = self.algo.update(self.dataset.sample(self.batch_size))
                 self.step += 1
                 count += 1
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
-                if self.step % config.log_every == 0 or self.step == config.steps:
+                info = None
+                if self.step % config.log_every == 0 or self.step == config.updates:
                     now = time.monotonic()
                     for k, v in sums.items():
                         log(f"train/{k}", v / count)
-                    log("train/updates_per_s", count / max(now - window_start, 1e-9))
+                    log("train/updates_per_s", count / max(now - window_start - window_eval, 1e-9))
                     info = " ".join(f"{k} {v / count:.3g}" for k, v in list(sums.items())[:3])
-                    sums, count, window_start = {}, 0, now
+                    sums, count, window_start, window_eval = {}, 0, now, 0.0
                     csv_file.flush()  # `tail -f metrics.csv` follows a run (one small write per log_every)
-                    progress.update(self.step, info)
+                progress.update(
+                    self.step, time.monotonic() - loop_started - eval_session, info, force=self.step == config.updates
+                )
                 if eval_on and (
-                    (config.eval_every and self.step % config.eval_every == 0) or self.step == config.steps
+                    (config.eval_every and self.step % config.eval_every == 0) or self.step == config.updates
                 ):
-                    result = self.evaluate()
+                    eval_started = time.monotonic()
+                    result = self.evaluate(on_episode)
+                    spent = time.monotonic() - eval_started
+                    eval_session += spent
+                    window_eval += spent
+                    segment_eval += spent
                     for k in ("success_rate", "return_mean", "closest_distance_mean_m", "final_distance_mean_m"):
                         if k in result:
                             log(f"eval/{k}", result[k])
-                if self.step % config.checkpoint_every == 0 or self.step == config.steps:
-                    self.train_seconds += time.monotonic() - started
-                    started = time.monotonic()
+                    progress.message(f"evaluation at update {self.step}: {_eval_text(result)} ({spent:.1f} s)")
+                if self.step % config.checkpoint_every == 0 or self.step == config.updates:
+                    now = time.monotonic()
+                    self.train_seconds += now - segment_start - segment_eval
+                    self.eval_seconds += segment_eval
+                    segment_start, segment_eval = now, 0.0
                     csv_file.flush()
                     writer.flush()
                     self.save_checkpoint()
@@ -523,7 +633,8 @@ class Trainer:
                 self._env.close()
                 self._env = None
         done = self.step - start_step
-        report = self.report(updates_this_session=done, seconds_this_session=time.monotonic() - loop_started)
+        train_session = time.monotonic() - loop_started - eval_session
+        report = self.report(updates_this_session=done, seconds_this_session=train_session)
         atomic_write_text(self.run_dir / "report.json", json.dumps(report, indent=2))
         return report
 
@@ -549,7 +660,7 @@ class Trainer:
             "obs": self.config.obs,
             "seed": self.config.seed,
             "device": str(self.device),
-            "steps": self.step,
+            "updates": self.step,
             "batch_size": self.batch_size,
             "dataset": self.dataset.summary(),
             "behaviour": self.dataset.behaviour_summary(),
@@ -563,6 +674,8 @@ class Trainer:
             "best": self.best,
             "history": self.history,
             "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
+            "evaluations": len(self.history),
             "updates_per_s": updates_this_session / seconds_this_session if seconds_this_session > 0 else None,
             "checkpoint": str(self.run_dir / "checkpoint.pt"),
             "tensorboard": str(self.run_dir / "tb"),
@@ -586,6 +699,11 @@ def _fmt(value: Any, unit: str = "", digits: int = 3) -> str:
     return f"{value}{unit}"
 
 
+def _rate(value: float) -> str:
+    """Updates per second for people: whole numbers from 10 up, one decimal below, two below 1."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}" if value >= 1 else f"{value:.2f}"
+
+
 def summary_text(report: dict[str, Any]) -> str:
     """A one-screen summary of a report."""
     b = report["behaviour"]
@@ -595,11 +713,16 @@ def summary_text(report: dict[str, Any]) -> str:
         f"seed {report['seed']})",
         f"data       {ds['episodes']} episodes, {ds['transitions']} transitions from {len(ds['sessions'])} session(s); "
         f"outcomes {ds['outcomes']}",
-        f"training   {report['steps']} updates on {report['device']}, batch {report['batch_size']}, "
-        f"{_fmt(report['train_seconds'], ' s', 1)}"
-        + (f", {report['updates_per_s']:.0f} upd/s" if report.get("updates_per_s") else ""),
-        f"evaluation {report['eval']['episodes']} episodes x {report['eval']['episode_steps']} steps in "
-        f"{report['eval']['backend']} (home noise {report['eval']['home_noise_rad']} rad)",
+        f"training   {report['updates']} updates on {report['device']}, batch {report['batch_size']}: "
+        f"{_fmt(report['train_seconds'], ' s', 1)} of training"
+        + (f", {_rate(report['updates_per_s'])} upd/s" if report.get("updates_per_s") else ""),
+        (
+            f"evaluation {report.get('evaluations', 0)} x {report['eval']['episodes']} episodes x "
+            f"{report['eval']['episode_steps']} steps in {report['eval']['backend']} (home noise "
+            f"{report['eval']['home_noise_rad']} rad): {_fmt(report.get('eval_seconds'), ' s', 1)}"
+            if report.get("evaluations") and report["eval"]["episodes"]
+            else "evaluation none (--eval-episodes 0)"
+        ),
     ]
     header = f"{'':12}{'success':>9}{'return':>10}{'closest m':>11}{'final m':>9}"
     lines.append(header)
@@ -629,7 +752,7 @@ def config_from_args(args) -> TrainConfig:
         "task": args.task,
         "obs": args.obs,
         "algo": args.algo,
-        "steps": args.steps,
+        "updates": args.updates,
         "seed": args.seed,
         "device": args.device,
         "out": args.out,
@@ -649,14 +772,46 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in fields.items() if v is not None})
 
 
+def _same_command(args) -> str:
+    """The command that was run (re-running it continues from the run's checkpoint), runnable as printed."""
+    from collector.cli import command_line
+
+    argv = getattr(args, "argv", None)
+    return command_line("pandalab", *argv) if argv else "the same command"
+
+
+def interrupted_text(config: TrainConfig | None, trainer: Trainer | None, command: str) -> str:
+    """One line after Ctrl-C: where the run stopped, its last checkpoint and how to continue."""
+    if config is None:
+        return "pandalab train: interrupted before it started"
+    path = config.run_dir() / "checkpoint.pt"
+    if trainer is None:
+        where = "interrupted while loading the data"
+        saved = "the last checkpoint is " + str(path) if path.is_file() else "no checkpoint yet"
+    else:
+        where = f"interrupted at update {trainer.step}"
+        if trainer.saved_step is not None:
+            saved = f"last checkpoint {path} (update {trainer.saved_step})"
+        else:
+            saved = f"no checkpoint yet (the first comes at update {config.checkpoint_every})"
+    again = "resume with" if path.is_file() else "start again with"
+    return f"pandalab train: {where}; {saved}; {again}: {command}"
+
+
 def main_train(args) -> int:
-    """`pandalab train`: exit 2 with a clear message on bad data, config or checkpoint."""
+    """`pandalab train`: exit 2 with a clear message on bad data, config or checkpoint; 130 with one
+    line (the last checkpoint, the command that resumes) on Ctrl-C."""
     from learning.dataset import DatasetError
     from learning.relabel import PrivilegedStateMissing
 
+    config = trainer = None
     try:
         config = config_from_args(args)
-        report = train(config, resume=args.resume)
+        trainer = Trainer(config, resume=args.resume)
+        report = trainer.run()
+    except KeyboardInterrupt:
+        print(interrupted_text(config, trainer, _same_command(args)), file=sys.stderr)
+        return 130
     except ValidationError as error:
         print(f"pandalab train: {'; '.join(validation_problems(error))}", file=sys.stderr)
         return 2
@@ -671,21 +826,51 @@ def main_train(args) -> int:
 
 
 def main_eval(args) -> int:
-    """`pandalab eval --checkpoint PATH`: score a checkpoint; exit 2 on a bad or mismatched one."""
+    """`pandalab eval --checkpoint PATH`: score a checkpoint; exit 2 on a bad or mismatched one, 130
+    with one line on Ctrl-C. A line per episode on stderr (unless --no-progress)."""
     from learning.dataset import DatasetError
+
+    show = not getattr(args, "no_progress", False)
+    done = [0]
+    started = time.monotonic()
+
+    def say(text: str) -> None:
+        if show:
+            print(text, file=sys.stderr, flush=True)
+
+    def on_episode(i: int, n: int, episode: dict[str, Any]) -> None:
+        done[0] = i
+        distance = (
+            f", closest {episode['closest_distance_m']:.3f} m, final {episode['final_distance_m']:.3f} m"
+            if "closest_distance_m" in episode
+            else ""
+        )
+        say(
+            f"episode {i}/{n}: success {'yes' if episode['success'] else 'no'}, return {episode['return']:.1f}"
+            f"{distance} ({time.monotonic() - started:.0f} s)"
+        )
 
     try:
         result = evaluate_checkpoint(
             args.checkpoint,
             episodes=args.episodes,
-            steps=args.steps,
+            steps=args.episode_steps,
             video=args.video,
             device=args.device,
             expect_algo=args.algo,
             expect_obs=args.obs,
             backend=args.backend,
             seed=args.seed,
+            on_episode=on_episode,
+            say=say,
         )
+    except KeyboardInterrupt:
+        print(
+            f"pandalab eval: interrupted after {done[0]} of {args.episodes} episodes; nothing was written"
+            + (f" but {args.video}" if args.video and done[0] else ""),
+            file=sys.stderr,
+        )
+        return 130
     except (TrainError, DatasetError) as error:
         print(f"pandalab eval: {error}", file=sys.stderr)
         return 2
@@ -713,15 +898,19 @@ def evaluate_checkpoint(
     episodes: int = 10,
     steps: int | None = None,
     video: str | Path | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     expect_algo: str | None = None,
     expect_obs: str | None = None,
     backend: str | None = None,
     seed: int = 0,
     home_noise_rad: float | None = None,
+    on_episode=None,
+    say=None,
 ) -> dict[str, Any]:
-    """Score a checkpoint on the robot its data came from (the env spec saved in the checkpoint)."""
-    from learning.evaluate import VIDEO_CAMERA, evaluate, make_env
+    """Score a checkpoint on the robot its data came from (the env spec saved in the checkpoint).
+    ``on_episode(i, n, episode)`` is called after each episode, ``say(text)`` at each stage."""
+    say = say or (lambda text: None)
+    from learning.evaluate import SIMULATED, VIDEO_CAMERA, evaluate, make_env
 
     ckpt = load_checkpoint(path)
     for what, want, have in (("algorithm", expect_algo, ckpt["algo"]), ("observation kind", expect_obs, ckpt["obs"])):
@@ -738,11 +927,22 @@ def evaluate_checkpoint(
             video_camera = names[0]
         else:
             extra, video_camera = (VIDEO_CAMERA,), VIDEO_CAMERA["name"]
+    episode_steps = steps or ckpt["eval_steps"]
+    backend = (
+        backend
+        or config.get("eval_backend")
+        or (env_spec["backend"] if env_spec["backend"] in SIMULATED else "robosuite")
+    )
+    say(
+        f"evaluating {ckpt['path']} ({ckpt['algo']}, {ckpt['obs']}, {ckpt['task']}, update {ckpt['step']}) "
+        f"in {backend} on {dev}: {episodes} episodes x {episode_steps} steps"
+        + (f", video of the first to {video}" if video is not None else "")
+    )
     env = make_env(
         env_spec,
         ckpt["task"],
-        steps or ckpt["eval_steps"],
-        backend=backend or config.get("eval_backend"),
+        episode_steps,
+        backend=backend,
         seed=seed,
         extra_cameras=extra,
     )
@@ -756,6 +956,7 @@ def evaluate_checkpoint(
             seed=seed,
             video_path=video,
             video_camera=video_camera,
+            on_episode=on_episode,
         )
     finally:
         env.close()

@@ -47,6 +47,15 @@ def test_every_bad_field_is_named():
         assert field in message
 
 
+def test_stop_transitions_is_refused_with_its_new_name_and_stop_steps_counts_recorded_steps():
+    given = {"stop": {"transitions": 100, "episodes": 2}}
+    with pytest.raises(ConfigError) as info:
+        parse_session_config(given, source="old.yaml")
+    assert str(info.value) == "old.yaml: stop.transitions: renamed to stop.steps (it counts recorded control steps)"
+    assert given == {"stop": {"transitions": 100, "episodes": 2}}  # the caller's mapping is left alone
+    assert parse_session_config({"stop": {"steps": 100}}).stop.steps == 100
+
+
 def test_backend_and_explorer_options_are_checked_before_starting():
     with pytest.raises(ConfigError, match=r"robot\.options\.cameras\.0\.width"):
         parse_session_config({"robot": {"backend": "pybullet", "options": {"cameras": [{"width": -1}]}}})

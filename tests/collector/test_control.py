@@ -120,13 +120,26 @@ def test_telemetry_reaches_a_subscriber(server):
 
     def publish():
         while not stop.is_set():
-            server.publish({"episode": 3, "transitions": 1200})
+            server.publish({"episode": 3, "steps": 1200})
             stop.wait(0.02)
 
     thread = threading.Thread(target=publish, daemon=True)
     thread.start()
     try:
-        assert subscribe_telemetry(server.addresses[1]) == {"episode": 3, "transitions": 1200}
+        assert subscribe_telemetry(server.addresses[1]) == {"episode": 3, "steps": 1200}
     finally:
         stop.set()
         thread.join()
+
+
+@pytest.mark.parametrize("command", ["status", "watch", "pause", "resume", "stop", "estop"])
+def test_every_ctl_command_has_its_own_help_saying_what_it_does(command, capsys):
+    from collector.cli import CTL_COMMANDS, build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["ctl", command, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"usage: pandalab ctl {command}" in text and "--config" in text and "--address" in text
+    assert "".join(CTL_COMMANDS[command][1].split()) in "".join(text.split())  # argparse wraps lines
+    assert ("--reason" in text) == (command not in ("status", "watch"))

@@ -35,11 +35,11 @@ def _write_session(root, name="s1", episodes=2, steps=30, camera=True, cube=True
     return root / name
 
 
-def test_info_counts_episodes_transitions_and_outcomes(tmp_path):
+def test_info_counts_episodes_steps_and_outcomes(tmp_path):
     _write_session(tmp_path / "data")
     _write_session(tmp_path / "data", "s2", episodes=1, steps=10)
     rows = info([tmp_path / "data"])
-    assert [(r["episodes"], r["transitions"], r["outcomes"]) for r in rows] == [
+    assert [(r["episodes"], r["steps"], r["outcomes"]) for r in rows] == [
         (2, 60, {"complete": 2}),
         (1, 10, {"complete": 1}),
     ]

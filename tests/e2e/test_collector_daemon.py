@@ -53,10 +53,7 @@ def test_operator_commands_on_a_running_daemon(tmp_path):
     try:
         wait_until_answering(address, daemon)
         wait_for(
-            lambda: (
-                send_request(address, "status")["transitions"] > 0
-                or send_request(address, "status")["episode_step"] > 5
-            )
+            lambda: send_request(address, "status")["steps"] > 0 or send_request(address, "status")["episode_step"] > 5
         )
 
         assert send_request(address, "pause", reason="adjusting the camera")["ok"]
@@ -246,7 +243,7 @@ def test_detach_starts_a_background_daemon_that_logs_and_answers(tmp_path):
     address = f"ipc://{tmp_path}/control"
     try:
         wait_for(lambda: _answers(address), timeout_s=60)
-        wait_for(lambda: send_request(address, "status")["transitions"] > 0)
+        wait_for(lambda: send_request(address, "status")["steps"] > 0)
         send_request(address, "stop")
         wait_for(lambda: not pathlib.Path(f"/proc/{pid}").exists() or _is_zombie(pid), timeout_s=60)
     finally:

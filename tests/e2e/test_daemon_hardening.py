@@ -34,7 +34,7 @@ def daemon(tmp_path_factory):
 
 def _progress(address: str) -> int:
     status = send_request(address, "status", timeout_s=5)
-    return status["transitions"] + status["episode_step"]
+    return status["steps"] + status["episode_step"]
 
 
 def _is_a_real_command(frames: list[bytes]) -> bool:

@@ -59,7 +59,7 @@ def _fill(path) -> int:
 
 def _progress(address):
     status = send_request(address, "status", timeout_s=5)
-    return status["transitions"] + status["episode_step"], status
+    return status["steps"] + status["episode_step"], status
 
 
 @pytest.mark.parametrize("floor_mb", [0, 1])

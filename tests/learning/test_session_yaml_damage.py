@@ -66,7 +66,7 @@ def test_only_damaged_sessions_is_a_clear_error(tmp_path):
 def test_pandalab_train_refuses_a_lone_damaged_session_in_one_line(tmp_path):
     bad = write_session(tmp_path / "data", "bad", [7])
     (bad / "session.yaml").write_text("robot: {backend: [pybullet\n")
-    command = [sys.executable, "-m", "collector.cli", "train", "--data", str(bad), "--steps", "5"]
+    command = [sys.executable, "-m", "collector.cli", "train", "--data", str(bad), "--updates", "5"]
     command += ["--eval-episodes", "0", "--no-progress", "--threads", "1", "--out", str(tmp_path / "run")]
     result = subprocess.run(command, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
@@ -80,7 +80,7 @@ def test_pandalab_train_trains_on_the_sessions_that_remain(tmp_path, capsys):
     write_session(tmp_path / "data", "good", [6, 6])
     bad = write_session(tmp_path / "data", "bad", [7])
     (bad / "session.yaml").write_text("safety: {velocity_cap: -1}\n")
-    args = ["train", "--data", str(tmp_path / "data"), "--steps", "5", "--eval-episodes", "0", "--no-progress"]
+    args = ["train", "--data", str(tmp_path / "data"), "--updates", "5", "--eval-episodes", "0", "--no-progress"]
     args += ["--algo", "bc", "--threads", "1", "--out", str(tmp_path / "run")]
     with pytest.warns(DatasetWarning, match=r"bad/session\.yaml: damaged session\.yaml: safety\.velocity_cap"):
         assert pandalab(args) == 0

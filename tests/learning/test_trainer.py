@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from collector.cli import main as pandalab
-from learning.trainer import TrainConfig, TrainError, load_checkpoint, train
+from learning.trainer import TrainConfig, TrainError, load_checkpoint, summary_text, train
 
 from .helpers import write_session
 
@@ -34,7 +35,7 @@ def config(session: Path, out: Path, **kw) -> TrainConfig:
         algo="td3bc",
         algo_config=TINY,
         batch_size=16,
-        steps=60,
+        updates=60,
         checkpoint_every=20,
         eval_episodes=0,
         out=str(out),
@@ -59,10 +60,10 @@ def assert_same_params(a: Path, b: Path) -> None:
 
 def test_resume_continues_exactly_in_process(session, tmp_path):
     train(config(session, tmp_path / "straight"))
-    train(config(session, tmp_path / "split", steps=30))  # stops at 30 (checkpoint 20 and a final one at 30)
+    train(config(session, tmp_path / "split", updates=30))  # stops at 30 (checkpoint 20 and a final one at 30)
     assert load_checkpoint(tmp_path / "split")["step"] == 30
-    report = train(config(session, tmp_path / "split"))  # the same command with more steps continues
-    assert report["steps"] == 60
+    report = train(config(session, tmp_path / "split"))  # the same command with more updates continues
+    assert report["updates"] == 60
     assert_same_params(tmp_path / "straight" / "checkpoint.pt", tmp_path / "split" / "checkpoint.pt")
     ckpt = load_checkpoint(tmp_path / "split")
     assert {"algorithm", "rng", "sampler", "step", "obs_spec", "env_spec", "history"} <= set(ckpt)
@@ -87,7 +88,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_parameters(session, 
         json.dumps(TINY),
         "--batch-size",
         "16",
-        "--steps",
+        "--updates",
         str(steps),
         "--checkpoint-every",
         str(every),
@@ -113,18 +114,41 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_parameters(session, 
     assert 0 < killed_at < steps and killed_at % every == 0
     rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert f"from step {killed_at}" in rerun.stderr
+    assert f"from update {killed_at}" in rerun.stderr
     assert load_checkpoint(out)["step"] == steps
     torch.set_num_threads(1)
-    train(config(session, tmp_path / "straight", steps=steps, checkpoint_every=every))
+    train(config(session, tmp_path / "straight", updates=steps, checkpoint_every=every))
     assert_same_params(tmp_path / "straight" / "checkpoint.pt", ckpt)
+
+
+def test_ctrl_c_prints_one_line_with_the_last_checkpoint_and_the_command_that_resumes(session, tmp_path):
+    out = tmp_path / "interrupted"
+    args = ["train", "--data", str(session), "--algo-config", json.dumps(TINY), "--batch-size", "16"]
+    args += ["--updates", "1000000", "--checkpoint-every", "50", "--eval-episodes", "0", "--out", str(out)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector.cli", *args], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("pandalab train: interrupted at update "), err
+    assert f"last checkpoint {out / 'checkpoint.pt'} (update " in last and "; resume with: " in last, last
+    assert shlex.split(last.split("; resume with: ")[1])[1:] == args  # the very command, runnable as printed
+    # progress came at once: the data loading, then the first update
+    assert "data: checking the episodes of s: 3/3" in err and "update 1/1000000" in err, err
 
 
 def test_report_json_and_eval_command(session, tmp_path, capsys):
     out = tmp_path / "run"
-    report = train(config(session, out, steps=40, eval_every=20, eval_episodes=2, eval_steps=15))
+    report = train(config(session, out, updates=40, eval_every=20, eval_episodes=2, eval_steps=15))
     on_disk = json.loads((out / "report.json").read_text())
-    assert on_disk["steps"] == 40 and on_disk["algo"] == "td3bc" and on_disk["task"] == "reach:0"
+    assert on_disk["updates"] == 40 and on_disk["algo"] == "td3bc" and on_disk["task"] == "reach:0"
     assert [e["step"] for e in on_disk["history"]] == [20, 40]
     for key in ("success_rate", "return_mean", "closest_distance_mean_m", "final_distance_mean_m"):
         assert key in on_disk["last"] and key in on_disk["best"]
@@ -133,6 +157,9 @@ def test_report_json_and_eval_command(session, tmp_path, capsys):
     assert on_disk["behaviour"]["closest_distance_m"] > 0 and "episode_closest_distance_mean_m" in on_disk["behaviour"]
     assert on_disk["eval"]["backend"] == "pybullet" and on_disk["eval"]["episode_steps"] == 15
     assert report["last"] == on_disk["last"]
+    # training and evaluation time apart: updates/s count training time only
+    assert on_disk["evaluations"] == 2 and on_disk["eval_seconds"] > 0 and on_disk["updates_per_s"] > 0
+    assert on_disk["train_seconds"] > 0 and "evaluation 2 x 2 episodes x 15 steps" in summary_text(on_disk)
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0] == "step,tag,value" and any(",eval/closest_distance_mean_m," in r for r in rows)
     assert list((out / "tb").glob("events.out.tfevents.*"))
@@ -140,10 +167,22 @@ def test_report_json_and_eval_command(session, tmp_path, capsys):
     video = tmp_path / "rollout.mp4"
     capsys.readouterr()
     code = pandalab(
-        ["eval", "--checkpoint", str(out / "checkpoint.pt"), "--episodes", "2", "--steps", "12", "--video", str(video)]
+        [
+            "eval",
+            "--checkpoint",
+            str(out / "checkpoint.pt"),
+            "--episodes",
+            "2",
+            "--episode-steps",
+            "12",
+            "--video",
+            str(video),
+        ]
     )
     assert code == 0
-    result = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    result = json.loads(printed.out)
+    assert "episode 1/2: success" in printed.err and "episode 2/2: success" in printed.err  # progress per episode
     assert result["episodes"] == 2 and result["algo"] == "td3bc" and result["step"] == 40
     assert "closest_distance_mean_m" in result
     import cv2
@@ -164,14 +203,14 @@ def test_report_json_and_eval_command(session, tmp_path, capsys):
 
 def test_mismatched_checkpoints_and_bad_data_fail_at_once(session, tmp_path, capsys):
     out = tmp_path / "run"
-    train(config(session, out, steps=20))
+    train(config(session, out, updates=20))
     with pytest.raises(TrainError, match="algo='td3bc', not 'bc'"):
         train(config(session, out, algo="bc"))
     with pytest.raises(TrainError, match="obs='proprio', not 'proprio\\+object'"):
         train(config(session, tmp_path / "other", obs="proprio+object"), resume=out / "checkpoint.pt")
     with pytest.raises(TrainError, match="no checkpoint"):
         train(config(session, tmp_path / "fresh"), resume=True)
-    base = ["train", "--steps", "5", "--eval-episodes", "0", "--no-progress", "--out", str(tmp_path / "x")]
+    base = ["train", "--updates", "5", "--eval-episodes", "0", "--no-progress", "--out", str(tmp_path / "x")]
     (tmp_path / "empty").mkdir()
     assert pandalab([*base, "--data", str(tmp_path / "empty")]) == 2
     assert "no episodes" in capsys.readouterr().err
@@ -202,7 +241,7 @@ def test_image_policy_trains_and_evaluates_with_the_same_frame_stack(tmp_path):
             algo="drqbc",
             obs="image",
             algo_config=drq,
-            steps=6,
+            updates=6,
             checkpoint_every=3,
             eval_episodes=1,
             eval_steps=5,
