@@ -1,8 +1,11 @@
 """Fit the capsules of safety/collision_model.py to both simulators' Panda collision meshes.
 
-    .venv/bin/python benchmarks/fit_collision_capsules.py           # fit, print residuals and the table (~40 s)
-    .venv/bin/python benchmarks/fit_collision_capsules.py --pairs   # pairs of the stored table (~15 s)
-    .venv/bin/python benchmarks/fit_collision_capsules.py --timing  # cost of the clearances
+    .venv/bin/python benchmarks/fit_collision_capsules.py                # fit, print the table (~30 s)
+    .venv/bin/python benchmarks/fit_collision_capsules.py --pairs        # pairs of the stored table (~15 s)
+    .venv/bin/python benchmarks/fit_collision_capsules.py --wrist        # map, fit, verify the wrist exclusion (~15 s)
+    .venv/bin/python benchmarks/fit_collision_capsules.py --verify-wrist # verify the stored one (~5 s)
+    .venv/bin/python benchmarks/fit_collision_capsules.py --sweeps       # home, joint 7/6 sweeps vs the engines
+    .venv/bin/python benchmarks/fit_collision_capsules.py --timing       # cost of the clearances
 
 What is fitted.  For each part of the arm (links 0..7; the hand, and its fingers closed and fully
 open; the simulated mount as far as it rises above the table top) the collision geometry of BOTH
@@ -20,19 +23,33 @@ simulators, placed by each engine's own model:
 
 Every point is taken to the base frame by the engine at several random configurations and then
 into the frame of `safety.kinematics.frames` the part is attached to; the spread of a point over
-the configurations (how well the engine's chain agrees with the DH frames) is printed.  A capsule
-contains the convex hull of its points (it is convex), so containing the points is enough.
+the configurations (how well the engine's chain agrees with the DH frames) is printed.  Each shape
+is kept apart (`collect_shapes`): both engines collide with the convex hull of each.
 
-The fit: minimum-volume capsule containing the points.  Over the segment's line (direction and
-offset, four numbers; Nelder-Mead from the principal axes and some random restarts) and the radius
-(bounded scalar search), the shortest segment that keeps every point within the radius is
-computed in closed form.  Then the endpoints are rounded to 0.1 mm and the radius set to the
-largest point distance to the rounded segment plus `PAD`, rounded up to 0.1 mm.
+The capsules (`PIECES`): one per part, or several, each covering the part's share of a cell (an
+intersection of half-spaces in the part's frame; a part's cells cover space).  A shape's hull cut
+by a plane is the hull of its vertices on the kept side and of its edges' crossings of the plane
+(`clip_hull`), so a capsule containing those points of every shape (`cell_points`) contains the
+part's share of its cell, and the part's capsules together contain the part.  The fit: the
+minimum-volume capsule containing the points.  Over the segment's line (direction and offset, four
+numbers; Nelder-Mead from the principal axes and some random restarts) and the radius (bounded
+scalar search), the shortest segment that keeps every point within the radius is computed in
+closed form.  Then the endpoints are rounded to 0.1 mm and the radius set to the largest point
+distance to the rounded segment plus `PAD`, rounded up to 0.1 mm.
 
 The pairs (``--pairs``, on the table stored in safety/collision_model.py): per pair of capsules on
 non-adjacent links, how often they overlap over 200,000 configurations drawn within Franka's
 joint limits, and for those never seen to overlap a branch-and-bound proof (`prove_separated`)
 that they cannot, which is what `NEVER_TOUCHING_PAIRS` lists.
+
+The wrist (``--wrist``): link 5 - link 7 and link 6 - hand/fingers depend on q6 and q7 alone.
+`wrist_map` is a branch and bound over (q6, q7) with the engines' own distances (`WristEngines`)
+and Lipschitz bounds; the cells it cannot clear are where a contact may occur, `fit_wrist_boundary`
+puts a piecewise linear boundary `collision_model.WRIST_MARGIN` above them, and
+`verify_wrist_exclusion` clears every cell outside that boundary.
+
+The sweeps (``--sweeps``): the smallest checked capsule clearance against both engines' distances
+at home and turning joints 7 and 6 from it (`sweeps`).
 """
 
 from __future__ import annotations
@@ -100,6 +117,43 @@ PYBULLET_PART = {
     "panda_leftfinger": "fingers",
     "panda_rightfinger": "fingers",
 }
+
+
+_TUBE_NORMAL = (0.0, 0.9713, -0.2380)
+"""Normal, in link 5's frame, of the plane that halves link 5's forearm tube lengthwise: it contains
+the x axis and the tube's slanted axis (y = 0.065 + 0.245 z, from the middle of the elbow-end rim to
+the middle of the wrist housing), so each half is a slab as long as the tube and half as wide."""
+_TUBE_OFFSET = 0.0631
+"""Offset of that plane (normal . x = offset; 0.065 / |(1, -0.245)|), m."""
+
+PIECES: tuple[tuple[str, str, tuple[tuple[tuple[float, float, float], float], ...]], ...] = (
+    ("link0", "link0", ()),
+    ("pedestal", "pedestal", ()),
+    ("controller_box", "controller_box", ()),
+    ("link1", "link1", ()),
+    ("link2", "link2", ()),
+    ("link3", "link3", ()),
+    ("link4", "link4", ()),
+    ("link5_wrist", "link5", (((0.0, 0.0, -1.0), 0.0),)),
+    ("link5_tube_a", "link5", (((0.0, 0.0, 1.0), 0.0), (_TUBE_NORMAL, _TUBE_OFFSET))),
+    ("link5_tube_b", "link5", (((0.0, 0.0, 1.0), 0.0), (tuple(-v for v in _TUBE_NORMAL), -_TUBE_OFFSET))),
+    ("link6", "link6", ()),
+    ("link7", "link7", ()),
+    ("hand", "hand", ()),
+    ("fingers", "fingers", ()),
+)
+"""The capsules, base to hand: (capsule name, part, cell).  A capsule covers the part of its part's
+collision geometry inside its cell, the points x with n . x <= d for every (n, d) of the cell, in
+the part's frame (an empty cell is all of space).  The cells of one part cover all of space (they
+are the leaves of a binary partition: each plane's two sides), so the capsules of a part together
+cover the whole part.  Link 5 is cut by the plane z = 0 of its frame into its wrist housing (a
+cylinder about joint 6's axis, y) and its forearm tube, and the tube lengthwise into two halves:
+one capsule for the whole link is 2 cm fatter than the housing all round, and the hand turns
+about the housing (joints 6 and 7).  The other parts are single capsules: each is one convex blob
+(the engines collide with the convex hull of each mesh), which one capsule fits about as well as
+two (for link 2 and link 5, no plane cutting them in two lowers the total volume: link 5's split
+pays in volume for being tight around the housing, where the hand passes), and every extra
+capsule adds pairs to check."""
 
 
 # ---- geometry from the engines -------------------------------------------------------------------
@@ -312,31 +366,83 @@ def to_part_frame(points: np.ndarray, part: str, q: np.ndarray) -> np.ndarray:
     return (points - frame[:3, 3]) @ frame[:3, :3]
 
 
-def collect_points(configs: np.ndarray) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
-    """Every part's points per engine ({engine: {part: (N, 3)}}, in the part's frame, from the
-    first configuration) and the largest spread of a point over the configurations, per engine."""
+def collect_shapes(configs: np.ndarray) -> tuple[dict[str, list[tuple[str, np.ndarray]]], dict[str, float]]:
+    """Every convex collision shape of both engines in its part's frame ({part: [(label, points)]},
+    placed at the first configuration; a finger's points at every opening of `FINGER_OPENINGS`
+    together, so their hull is the space the finger sweeps) and the largest spread of a point over
+    the configurations, per engine."""
     engines = {"pybullet": PyBulletGeometry(), "mujoco": MujocoGeometry()}
-    clouds: dict[str, dict[str, np.ndarray]] = {}
+    shapes: dict[str, dict[str, list[np.ndarray]]] = {}
     spread: dict[str, float] = {}
     for engine_name, engine in engines.items():
-        per_finger: dict[str, list[np.ndarray]] = {}
         worst = 0.0
         for finger in FINGER_OPENINGS:
             reference = None
             for q in configs:
-                local = {part: to_part_frame(p, part, q) for part, p in engine.points(q, finger).items()}
+                local = [(part, label, to_part_frame(p, part, q)) for part, label, p in engine.shapes(q, finger)]
                 if reference is None:
                     reference = local
                 else:
-                    for part, p in local.items():
-                        worst = max(worst, float(np.abs(p - reference[part]).max()))
-            for part, p in reference.items():
+                    for (_, _, p), (_, _, r) in zip(local, reference, strict=True):
+                        worst = max(worst, float(np.abs(p - r).max()))
+            for part, label, p in reference:
                 if part == "fingers" or finger == 0.0:
-                    per_finger.setdefault(part, []).append(p)
-        clouds[engine_name] = {part: np.concatenate(p) for part, p in per_finger.items()}
+                    shapes.setdefault(part, {}).setdefault(label, []).append(p)
         spread[engine_name] = worst
     engines["pybullet"].close()
-    return clouds, spread
+    return {
+        part: [(label, np.concatenate(p)) for label, p in by_label.items()] for part, by_label in shapes.items()
+    }, spread
+
+
+def clip_hull(points: np.ndarray, normal: np.ndarray, offset: float) -> np.ndarray | None:
+    """Points whose convex hull is the part of the convex hull of ``points`` where normal . x <=
+    offset (None where that is empty): the points on that side and the points where the hull's edges
+    cross the plane (the vertices of a convex polytope cut by a plane are its vertices on the kept
+    side and its edges' crossings; the edges of the hull's triangulation include every edge)."""
+    from scipy.spatial import ConvexHull
+
+    side = points @ np.asarray(normal, dtype=np.float64) - offset
+    if (side <= 0.0).all():
+        return points
+    if (side > 0.0).all():
+        return None
+    simplices = ConvexHull(points).simplices
+    edges = np.unique(
+        np.sort(np.concatenate([simplices[:, [0, 1]], simplices[:, [1, 2]], simplices[:, [0, 2]]]), axis=1), axis=0
+    )
+    a, b = side[edges[:, 0]], side[edges[:, 1]]
+    crossing = a * b < 0.0
+    t = a[crossing] / (a[crossing] - b[crossing])
+    start, end = points[edges[crossing, 0]], points[edges[crossing, 1]]
+    return np.concatenate([points[side <= 0.0], start + t[:, None] * (end - start)])
+
+
+def cell_points(shapes: list[np.ndarray], cell) -> np.ndarray:
+    """Points whose hulls, shape by shape, are the parts of the shapes (each the convex hull of its
+    points) inside ``cell`` ((normal, offset) half-spaces), all shapes together."""
+    pieces = []
+    for points in shapes:
+        for normal, offset in cell:
+            points = clip_hull(points, normal, offset)
+            if points is None:
+                break
+        if points is not None:
+            pieces.append(points)
+    return np.concatenate(pieces) if pieces else np.empty((0, 3))
+
+
+def check_cells_cover(samples: int = 100_000, seed: int = 0) -> None:
+    """Every part's cells together cover space (checked on random points around the robot's parts)."""
+    rng = np.random.default_rng(seed)
+    points = rng.uniform(-0.7, 0.7, (samples, 3))
+    for part in dict.fromkeys(part for _, part, _ in PIECES):
+        inside = np.zeros(samples, dtype=bool)
+        for _, piece_part, cell in PIECES:
+            if piece_part == part:
+                inside |= np.all([points @ np.array(n) <= d for n, d in cell], axis=0) if cell else True
+        if not inside.all():
+            raise AssertionError(f"the cells of {part} leave {np.sum(~inside)} of {samples} points uncovered")
 
 
 # ---- fitting --------------------------------------------------------------------------------------
@@ -435,53 +541,68 @@ def hull_volume(points: np.ndarray) -> float:
     return float(ConvexHull(points).volume)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", type=int, default=5, help="configurations the frames are compared at")
-    parser.add_argument("--pairs", action="store_true", help="only the pair analysis (of the stored table)")
-    parser.add_argument("--timing", action="store_true", help="only the timing (of the stored table)")
-    args = parser.parse_args()
-    if args.pairs or args.timing:
-        if args.pairs:
-            pair_analysis()
-        if args.timing:
-            timing()
-        return
-    rng = np.random.default_rng(0)
-    configs = rng.uniform(FRANKA_Q_MIN, FRANKA_Q_MAX, (args.configs, 7))
-    clouds, spread = collect_points(configs)
+def fit_table(configs: np.ndarray) -> list[tuple[str, str, np.ndarray, np.ndarray, float]]:
+    """Fit every capsule of `PIECES` to both engines' shapes placed at ``configs`` (the first places
+    them, the others measure how well the engines' frames agree with ours); prints the residuals.
+    Returns (name, part, p0, p1, radius) per capsule."""
+    check_cells_cover()
+    shapes, spread = collect_shapes(configs)
     for engine, worst in spread.items():
         print(
             f"{engine}: largest spread of a point in its part's frame over {len(configs)} configurations: "
             f"{1000 * worst:.3f} mm"
         )
     for part in PARTS:
-        for engine, by_part in clouds.items():
-            if part in by_part:
-                p = by_part[part]
-                print(
-                    f"{part:6s} {engine:8s} {len(p):5d} points, x {p[:, 0].min():+.4f}..{p[:, 0].max():+.4f}"
-                    f" y {p[:, 1].min():+.4f}..{p[:, 1].max():+.4f} z {p[:, 2].min():+.4f}..{p[:, 2].max():+.4f}"
-                )
+        for label, p in shapes[part]:
+            print(
+                f"{part:15s} {label:42s} {len(p):5d} points, x {p[:, 0].min():+.4f}..{p[:, 0].max():+.4f}"
+                f" y {p[:, 1].min():+.4f}..{p[:, 1].max():+.4f} z {p[:, 2].min():+.4f}..{p[:, 2].max():+.4f}"
+            )
     table = []
-    print("\npart            radius  length  largest point-to-surface  capsule/hull volume  (unpadded)")
-    for part in PARTS:
-        points = np.concatenate([by_part[part] for by_part in clouds.values() if part in by_part])
+    print("\ncapsule         radius  length  largest point-to-surface  capsule/hull volume  (unpadded)")
+    for name, part, cell in PIECES:
+        points = cell_points([p for _, p in shapes[part]], cell)
         p0, p1, _ = fit_capsule(points)
         p0, p1, radius = finish(points, p0, p1)
         hull = hull_volume(points)
         residual = float(point_segment_distance(points, p0, p1).max()) - radius
         volume = capsule_volume(p0, p1, radius)
         print(
-            f"{part:15s} {radius:.4f}  {np.linalg.norm(p1 - p0):.4f}  {1000 * residual:+7.2f} mm"
+            f"{name:15s} {radius:.4f}  {np.linalg.norm(p1 - p0):.4f}  {1000 * residual:+7.2f} mm"
             f"                {volume / hull:5.2f}           ({capsule_volume(p0, p1, radius - PAD) / hull:.2f})"
         )
-        table.append((part, p0, p1, radius))
+        table.append((name, part, p0, p1, radius))
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", type=int, default=5, help="configurations the frames are compared at")
+    parser.add_argument("--pairs", action="store_true", help="only the pair analysis (of the stored table)")
+    parser.add_argument("--wrist", action="store_true", help="only the wrist exclusion: map, fit and verify")
+    parser.add_argument("--verify-wrist", action="store_true", help="only verify the stored wrist exclusion")
+    parser.add_argument("--sweeps", action="store_true", help="only the home pose and joint 6/7 sweeps")
+    parser.add_argument("--timing", action="store_true", help="only the timing (of the stored table)")
+    args = parser.parse_args()
+    if args.pairs or args.wrist or args.verify_wrist or args.sweeps or args.timing:
+        if args.pairs:
+            pair_analysis()
+        if args.wrist:
+            wrist_exclusion()
+        if args.verify_wrist:
+            verify_wrist_exclusion(verbose=True)
+        if args.sweeps:
+            sweeps()
+        if args.timing:
+            timing()
+        return
+    configs = np.random.default_rng(0).uniform(FRANKA_Q_MIN, FRANKA_Q_MAX, (args.configs, 7))
+    table = fit_table(configs)
     print("\nLINK_CAPSULES: tuple[Capsule, ...] = (")
-    for part, p0, p1, radius in table:
+    for name, part, p0, p1, radius in table:
         frame = PART_FRAME[part]
         frame_name = "BASE_FRAME" if frame < 0 else str(frame)
-        print(f"    Capsule({PART_LINK[part]}, {frame_name}, {_fmt(p0)}, {_fmt(p1)}, {radius:.4f}),  # {part}")
+        print(f'    Capsule("{name}", {PART_LINK[part]}, {frame_name}, {_fmt(p0)}, {_fmt(p1)}, {radius:.4f}),')
     print(")")
 
 
@@ -509,7 +630,7 @@ def pair_analysis(samples: int = 200_000, chunk: int = 20_000, seed: int = 1) ->
     for k, (a, b) in enumerate(pairs):
         names = (cm.CAPSULE_NAMES[a], cm.CAPSULE_NAMES[b])
         if overlap[k]:
-            verdict = "touch (sampled)"
+            verdict = "touch (sampled)" + (": wrist pair, left to wrist_clearance" if cm.wrist_pair(a, b) else "")
         else:
             outcome, smallest, evaluations = prove_separated(a, b)
             verdict = f"{outcome} (branch and bound: {evaluations} cells, smallest {smallest:+.4f} m)"
@@ -589,6 +710,363 @@ def prove_separated(a: int, b: int, budget: int = 4_000_000, initial: int = 8) -
         offset[rows, split] = half[rows, split]
         centres, half = np.concatenate([centres - offset, centres + offset]), np.concatenate([half, half])
     return "never", smallest, evaluations
+
+
+# ---- the wrist: joints 6 and 7 ------------------------------------------------------------------------
+WRIST_PARTS = (("link5", "link7"), ("link6", "hand"), ("link6", "fingers"))
+"""Engine part pairs on `collision_model.WRIST_LINK_PAIRS`: their relative pose depends on q6 and q7
+alone (and the fingers' opening)."""
+CONTACT_DISTANCE = 0.0005
+"""Distance, m, up to which an engine's shapes count as touching (PyBullet reports contact points up
+to `sim.pybullet_backend.CONTACT_REPORT_DISTANCE_M` = 0.5 mm; MuJoCo's geom margins are 0)."""
+WRIST_OPENING = 0.02
+"""Finger position at which the fingers' distances are measured, m: every opening in [0, 0.04] is
+within 0.02 m of it, and a finger moves by as much as its joint."""
+WRIST_KNOT_STEP = 0.05
+"""Spacing of the knots of the wrist exclusion's boundary in q7, rad."""
+WRIST_CELL = 0.005
+"""Smallest cell edge of the wrist map, rad: cells this small that cannot be cleared are where
+contacts may occur."""
+
+
+class WristEngines:
+    """Both engines' distances between the parts of `WRIST_PARTS` at (q6, q7), the other joints at
+    home, and Lipschitz bounds on how fast q6 and q7 change them.
+
+    PyBullet: ``getClosestPoints`` (its own distance, margins included).  MuJoCo: a separating-axis
+    lower bound on the distance between its geoms (each the convex hull of its vertices, as MuJoCo
+    collides with it): along the direction between PyBullet's closest points, the gap between the
+    geoms' vertices' projections (exact where the two engines' shapes agree, as for link 5, link 7
+    and the hand; a valid lower bound everywhere).  MuJoCo's own distance query is not used: its
+    native solver returns 0 for some pairs of meshes centimetres apart."""
+
+    def __init__(self) -> None:
+        import mujoco
+
+        from safety.reset import DEFAULT_HOME_Q
+
+        self.home = np.array(DEFAULT_HOME_Q, dtype=np.float64)
+        self.pb, self.mj, self.mujoco = PyBulletGeometry(), MujocoGeometry(), mujoco
+        self.pb_links: dict[str, list[int]] = {}
+        for link, name in self.pb.link_names.items():
+            if PYBULLET_PART.get(name):
+                self.pb_links.setdefault(PYBULLET_PART[name], []).append(link)
+        self.mj_geoms: dict[str, list[tuple[int, np.ndarray]]] = {}
+        for g, part in self.mj.geoms:
+            self.mj_geoms.setdefault(part, []).append((g, self.mj._local_points(g)))
+        shapes, _ = collect_shapes(self.home[None])
+        self.lipschitz = {pair: self._lipschitz(pair, shapes) for pair in WRIST_PARTS}
+
+    @staticmethod
+    def _lipschitz(pair: tuple[str, str], shapes) -> tuple[float, float]:
+        """(L6, L7), m/rad: how fast q6 and q7 can move the second part relative to the first.  Its
+        points p (in its frame, on joint 7's axis; every point of both engines' shapes, plus
+        PyBullet's 1 mm margin) turn about joint 7's axis at distance <= |p_xy| and about joint 6's,
+        which passes 0.088 m from the origin of frame 7, at distance <= |p| + 0.088 (+ 0.2104 for
+        the hand's frame, 0.1034 + 0.107 m along joint 7's axis).  Link 6 and the hand turn only
+        with q7."""
+        points = np.concatenate([p for _, p in shapes[pair[1]]])
+        along = 0.0 if pair[1] == "link7" else kinematics.TOOL_TIP_OFFSET + float(kinematics.DH_D[7])
+        l7 = float(np.hypot(points[:, 0], points[:, 1]).max()) + 0.001
+        moved = points + np.array([0.0, 0.0, along])  # relative to frame 7's origin (same z axis)
+        l6 = float(np.linalg.norm(moved, axis=1).max()) + abs(float(kinematics.DH_A[6])) + 0.001
+        return (l6 if pair[0] == "link5" else 0.0), l7
+
+    def distances(self, q6: float, q7: float) -> np.ndarray:
+        """(len(WRIST_PARTS), 2): PyBullet's distance and MuJoCo's lower bound per pair, m (the
+        fingers' less `WRIST_OPENING`, so they hold for every opening)."""
+        q = self.home.copy()
+        q[5], q[6] = q6, q7
+        self.pb.set(q, WRIST_OPENING)
+        mj = self.mj
+        mj.data.qpos[mj.arm_qpos] = q
+        mj.data.qpos[mj.finger_qpos] = [WRIST_OPENING, -WRIST_OPENING]
+        self.mujoco.mj_kinematics(mj.model, mj.data)
+        out = np.empty((len(WRIST_PARTS), 2))
+        p = self.pb.p
+        for k, (first, second) in enumerate(WRIST_PARTS):
+            best, direction = np.inf, None
+            for la in self.pb_links[first]:
+                for lb in self.pb_links[second]:
+                    for point in p.getClosestPoints(
+                        self.pb.robot, self.pb.robot, 0.5, la, lb, physicsClientId=self.pb.client
+                    ):
+                        if point[8] < best:
+                            best, direction = point[8], np.array(point[6]) - np.array(point[5])
+            if direction is None or best <= 0.0:
+                out[k] = best if direction is not None else 0.5, -np.inf
+                continue
+            direction /= np.linalg.norm(direction)
+            gaps = []
+            for ga, va in self.mj_geoms[first]:
+                a = (va @ mj.data.geom_xmat[ga].reshape(3, 3).T + mj.data.geom_xpos[ga]) @ direction
+                for gb, vb in self.mj_geoms[second]:
+                    b = (vb @ mj.data.geom_xmat[gb].reshape(3, 3).T + mj.data.geom_xpos[gb]) @ direction
+                    gaps.append(float(b.min() - a.max()))
+            out[k] = best, min(gaps)
+        out[[pair[1] == "fingers" for pair in WRIST_PARTS]] -= WRIST_OPENING
+        return out
+
+
+def wrist_map(
+    engines: WristEngines,
+    boundary=None,
+    initial: tuple[int, int] = (16, 24),
+    smallest: float = WRIST_CELL,
+    stop_at_first: bool = False,
+):
+    """Branch and bound over (q6, q7) within Franka's limits: a cell is clear when, for every pair
+    of `WRIST_PARTS` and both engines, the distance at its centre less the Lipschitz bound on how
+    far the joints move the parts within the cell exceeds `CONTACT_DISTANCE`; other cells are
+    halved across their loosest joint down to ``smallest``.  With ``boundary`` (knots q7, q6), cells
+    entirely below it (inside the exclusion) are skipped; ``stop_at_first``: return at the first
+    blocked cell.  Returns (blocked cells as rows (q6 low, q6 high, q7 low, q7 high), cells
+    evaluated, the smallest distance evaluated in a cleared cell)."""
+    low, high = np.array(FRANKA_Q_MIN)[5:7], np.array(FRANKA_Q_MAX)[5:7]
+    n6, n7 = initial
+    edges6, edges7 = np.linspace(low[0], high[0], n6 + 1), np.linspace(low[1], high[1], n7 + 1)
+    centres = np.array([[a, b] for a in (edges6[:-1] + edges6[1:]) / 2 for b in (edges7[:-1] + edges7[1:]) / 2])
+    half = np.tile([(high[0] - low[0]) / (2 * n6), (high[1] - low[1]) / (2 * n7)], (len(centres), 1))
+    lipschitz = np.array([engines.lipschitz[pair] for pair in WRIST_PARTS])  # (pairs, 2)
+    blocked, evaluations, smallest_clear = [], 0, np.inf
+    while len(centres):
+        if boundary is not None:  # skip cells inside the exclusion: q6 high <= the boundary's minimum over the cell
+            q7s = [
+                np.concatenate([[lo, hi], boundary[0][(boundary[0] > lo) & (boundary[0] < hi)]])
+                for lo, hi in zip(centres[:, 1] - half[:, 1], centres[:, 1] + half[:, 1], strict=True)
+            ]
+            floor = np.array([np.interp(q7, *boundary).min() for q7 in q7s])
+            keep = centres[:, 0] + half[:, 0] > floor
+            centres, half = centres[keep], half[keep]
+        next_centres, next_half = [], []
+        for centre, h in zip(centres, half, strict=True):
+            evaluations += 1
+            slack = lipschitz * h  # (pairs, 2): per joint
+            distance = engines.distances(*centre)
+            margin = distance - slack.sum(axis=1)[:, None] - CONTACT_DISTANCE
+            if (margin > 0.0).all():
+                smallest_clear = min(smallest_clear, float(distance.min()))
+                continue
+            # PyBullet touching everywhere in the cell: blocked as a whole (mapping needs only its top).
+            certain = (distance[:, 0] + slack.sum(axis=1) <= CONTACT_DISTANCE).any()
+            if certain or h.max() <= smallest / 2 + 1e-12:
+                blocked.append([centre[0] - h[0], centre[0] + h[0], centre[1] - h[1], centre[1] + h[1]])
+                if stop_at_first:
+                    return np.array(blocked).reshape(-1, 4), evaluations, smallest_clear
+                continue
+            split = int(np.argmax(slack.max(axis=0) * (h > smallest / 2 + 1e-12)))
+            h = h.copy()
+            h[split] /= 2
+            offset = np.zeros(2)
+            offset[split] = h[split]
+            next_centres += [centre - offset, centre + offset]
+            next_half += [h, h]
+        centres, half = np.array(next_centres).reshape(-1, 2), np.array(next_half).reshape(-1, 2)
+    return np.array(blocked).reshape(-1, 4), evaluations, smallest_clear
+
+
+def fit_wrist_boundary(blocked: np.ndarray, margin: float, step: float = WRIST_KNOT_STEP):
+    """Knots (q7, q6) of a piecewise linear boundary lying `margin` above every blocked cell: the
+    knot at q7_k is the highest blocked q6 over [q7_(k-1), q7_(k+1)] plus ``margin`` (so on each
+    interval between knots both ends, hence the line between them, clear the cells over it), rounded
+    up to 1 mrad; knots with no blocked cell near are at q6's lower limit."""
+    low, high = FRANKA_Q_MIN[6], FRANKA_Q_MAX[6]
+    count = int(np.ceil((high - low) / step))
+    knots = np.linspace(low, high, count + 1)
+    values = np.full(len(knots), FRANKA_Q_MIN[5])
+    for k, q7 in enumerate(knots):
+        near = (blocked[:, 3] >= q7 - step) & (blocked[:, 2] <= q7 + step)
+        if near.any():
+            values[k] = max(FRANKA_Q_MIN[5], float(np.ceil((blocked[near, 1].max() + margin) * 1e3) / 1e3))
+    return knots, values
+
+
+def wrist_exclusion() -> None:
+    """Map where the engines' wrist pairs can touch, fit `collision_model.WRIST_EXCLUSION_*` above it
+    with `collision_model.WRIST_MARGIN`, and verify the fit; prints the table."""
+    import time
+
+    from safety import collision_model as cm
+
+    engines = WristEngines()
+    print(
+        "\nwrist pairs' Lipschitz bounds (L6, L7), m/rad:",
+        {f"{a}-{b}": tuple(round(v, 4) for v in lip) for (a, b), lip in engines.lipschitz.items()},
+    )
+    start = time.perf_counter()
+    blocked, evaluations, smallest = wrist_map(engines)
+    print(f"map: {evaluations} cells evaluated in {time.perf_counter() - start:.0f} s, {len(blocked)} blocked")
+    if len(blocked):
+        print(
+            f"  blocked cells span q6 {blocked[:, 0].min():+.4f}..{blocked[:, 1].max():+.4f},"
+            f" q7 {blocked[:, 2].min():+.4f}..{blocked[:, 3].max():+.4f}"
+        )
+    knots, values = fit_wrist_boundary(blocked, cm.WRIST_MARGIN)
+    print("\nWRIST_EXCLUSION_Q7: tuple[float, ...] = (")
+    print(_wrap([f"{v:.4f}" for v in knots]))
+    print(")\nWRIST_EXCLUSION_Q6: tuple[float, ...] = (")
+    print(_wrap([f"{v:.3f}" for v in values]))
+    print(")")
+    ok, evaluations, smallest = verify_wrist_exclusion((knots, values), engines)
+    print(f"verified: {ok} ({evaluations} cells evaluated, smallest distance in a cleared cell {smallest:.4f} m)")
+
+
+def verify_wrist_exclusion(
+    boundary=None, engines: WristEngines | None = None, verbose: bool = False, stop_at_first: bool = False
+):
+    """Branch and bound over (q6, q7) outside the wrist exclusion (the stored one by default):
+    (True if no cell there may hold a contact, cells evaluated, smallest distance evaluated)."""
+    from safety import collision_model as cm
+
+    if boundary is None:
+        boundary = (np.array(cm.WRIST_EXCLUSION_Q7), np.array(cm.WRIST_EXCLUSION_Q6))
+    engines = engines if engines is not None else WristEngines()
+    blocked, evaluations, smallest = wrist_map(engines, boundary=boundary, stop_at_first=stop_at_first)
+    if verbose:
+        print(
+            f"wrist exclusion: {evaluations} cells outside it evaluated, {len(blocked)} not cleared;"
+            f" smallest distance {smallest:.4f} m"
+        )
+    return len(blocked) == 0, evaluations, smallest
+
+
+def _wrap(values: list[str], per_line: int = 10) -> str:
+    return "\n".join("    " + ", ".join(values[i : i + per_line]) + "," for i in range(0, len(values), per_line))
+
+
+# ---- sweeps: the model against the engines at home and turning joints 6 and 7 from it -------------------
+ENGINE_PARTS = ("link0", "link1", "link2", "link3", "link4", "link5", "link6", "link7", "hand", "fingers")
+PART_LINK_NUMBER = {part: PART_LINK[part] for part in ENGINE_PARTS}
+
+
+def _capsule_part(name: str) -> str:
+    """Engine part a capsule covers (the mount's capsules: link 0, the mount being fixed to it)."""
+    return "link0" if name in ("pedestal", "controller_box") else name.split("_")[0]
+
+
+class EngineDistances:
+    """Both engines' smallest distance between two parts: PyBullet ``getClosestPoints`` (margins
+    included), MuJoCo ``mj_geomDistance`` (native solver) where its closest points confirm it,
+    else MuJoCo's geoms' separating-axis gap along PyBullet's closest points' direction (a lower
+    bound; the native solver returns 0 for some meshes centimetres apart)."""
+
+    def __init__(self) -> None:
+        import mujoco
+
+        self.wrist = WristEngines()
+        self.mujoco = mujoco
+
+    def set(self, q: np.ndarray, finger: float = 0.0) -> None:
+        w = self.wrist
+        w.pb.set(q, finger)
+        w.mj.data.qpos[w.mj.arm_qpos] = q
+        w.mj.data.qpos[w.mj.finger_qpos] = [finger, -finger]
+        self.mujoco.mj_kinematics(w.mj.model, w.mj.data)
+
+    def distance(self, first: str, second: str, cutoff: float = 0.5) -> tuple[float, float]:
+        w, p, mj = self.wrist, self.wrist.pb.p, self.wrist.mj
+        best, direction = cutoff, None
+        for la in w.pb_links[first]:
+            for lb in w.pb_links[second]:
+                for point in p.getClosestPoints(w.pb.robot, w.pb.robot, cutoff, la, lb, physicsClientId=w.pb.client):
+                    if point[8] < best:
+                        best, direction = point[8], np.array(point[6]) - np.array(point[5])
+        mj_best, fromto = cutoff, np.zeros(6)
+        for ga, va in w.mj_geoms[first]:
+            for gb, vb in w.mj_geoms[second]:
+                r = self.mujoco.mj_geomDistance(mj.model, mj.data, ga, gb, cutoff, fromto)
+                if (
+                    r < cutoff
+                    and abs(np.linalg.norm(fromto[3:] - fromto[:3]) - abs(r)) > 1e-6
+                    and direction is not None
+                ):
+                    u = direction / max(np.linalg.norm(direction), 1e-12)
+                    a = (va @ mj.data.geom_xmat[ga].reshape(3, 3).T + mj.data.geom_xpos[ga]) @ u
+                    b = (vb @ mj.data.geom_xmat[gb].reshape(3, 3).T + mj.data.geom_xpos[gb]) @ u
+                    r = float(b.min() - a.max())
+                mj_best = min(mj_best, r)
+        return best, mj_best
+
+
+def sweep_configs() -> dict[str, np.ndarray]:
+    """Home, joint 7 swept from -2.9 to 2.9 rad at home, joint 6 swept over its range at home (10 mrad)."""
+    from safety.reset import DEFAULT_HOME_Q
+
+    home = np.array(DEFAULT_HOME_Q, dtype=np.float64)
+    out = {"home": home[None]}
+    for joint, values in (
+        (6, np.arange(-2.9, 2.9 + 1e-9, 0.01)),
+        (5, np.arange(FRANKA_Q_MIN[5], FRANKA_Q_MAX[5] + 1e-9, 0.01)),
+    ):
+        configs = np.tile(home, (len(values), 1))
+        configs[:, joint] = values
+        out[f"q{joint + 1}"] = configs
+    return out
+
+
+def sweeps(model=None, engines: EngineDistances | None = None, every: int = 20) -> dict[str, dict[str, np.ndarray]]:
+    """The smallest checked capsule clearance against both engines' smallest distance over the same
+    part pairs, at home and along the joint 7 and joint 6 sweeps (`sweep_configs`), and the same for
+    link 5 - hand; prints every ``every``-th row and a summary per sweep.  ``model``: a module with
+    the collision model's interface (default `safety.collision_model`)."""
+    from safety import collision_model
+
+    model = model if model is not None else collision_model
+    engines = engines if engines is not None else EngineDistances()
+    part_pairs = sorted(
+        {
+            tuple(sorted((_capsule_part(name) for name in names.split("-")), key=ENGINE_PARTS.index))
+            for names in model.SELF_COLLISION_PAIR_NAMES
+        }
+    )
+    link5_hand = [
+        k
+        for k, names in enumerate(model.SELF_COLLISION_PAIR_NAMES)
+        if {_capsule_part(n) for n in names.split("-")} == {"link5", "hand"}
+    ]
+    results = {}
+    for sweep, configs in sweep_configs().items():
+        capsule = model.self_clearances(kinematics.frames(configs))
+        engine = np.empty((len(configs), len(part_pairs), 2))
+        for i, q in enumerate(configs):
+            engines.set(q)
+            for k, pair in enumerate(part_pairs):
+                engine[i, k] = engines.distance(*pair)
+        hand_pair = part_pairs.index(("link5", "hand"))
+        results[sweep] = {
+            "q": configs,
+            "capsule": capsule.min(axis=1),
+            "capsule_pair": np.array(model.SELF_COLLISION_PAIR_NAMES)[capsule.argmin(axis=1)],
+            "engines": engine.min(axis=1),  # (n, 2): pybullet, mujoco
+            "engine_pair": np.array(["-".join(part_pairs[k]) for k in engine.min(axis=2).argmin(axis=1)]),
+            "capsule_link5_hand": capsule[:, link5_hand].min(axis=1),
+            "engines_link5_hand": engine[:, hand_pair],
+        }
+        r = results[sweep]
+        print(
+            f"\n{sweep}: q6, q7; smallest checked capsule clearance (pair); engines' smallest distance over"
+            " the same link pairs, PyBullet / MuJoCo (pair); link 5 - hand: capsules, engines (m)"
+        )
+        for i in list(range(0, len(configs), every)) + ([len(configs) - 1] if len(configs) > 1 else []):
+            print(
+                f"  {configs[i, 5]:+.3f} {configs[i, 6]:+.3f}  {r['capsule'][i]:+.4f} ({r['capsule_pair'][i]:24s})"
+                f"  {r['engines'][i, 0]:+.4f} / {r['engines'][i, 1]:+.4f} ({r['engine_pair'][i]:13s})"
+                f"  {r['capsule_link5_hand'][i]:+.4f}"
+                f"  {r['engines_link5_hand'][i, 0]:+.4f} / {r['engines_link5_hand'][i, 1]:+.4f}"
+            )
+        apart = r["engines"].min(axis=1) >= 0.05
+        hand_apart = r["engines_link5_hand"].min(axis=1) >= 0.05
+        apart_min = r["capsule"][apart].min() if apart.any() else np.nan
+        hand_min = r["capsule_link5_hand"][hand_apart].min() if hand_apart.any() else np.nan
+        print(
+            f"  summary: smallest capsule clearance {r['capsule'].min():+.4f} m (engines there"
+            f" {r['engines'][r['capsule'].argmin()].min():+.4f}); where the engines are >= 5 cm apart"
+            f" ({apart.sum()} of {len(configs)}): smallest capsule clearance {apart_min:+.4f},"
+            f" {np.sum(r['capsule'][apart] < 0.03)} under 3 cm; link 5 - hand where >= 5 cm apart"
+            f" ({hand_apart.sum()}): smallest {hand_min:+.4f}, {np.sum(r['capsule_link5_hand'][hand_apart] < 0.03)}"
+            " under 3 cm"
+        )
+    return results
 
 
 def timing(number: int = 200, repeat: int = 10) -> None:

@@ -324,7 +324,7 @@ class Soak:
             state = driver.read_state()
             # The monitor's view: each control step's state against the operating limits.
             q, tip = state.q, state.tip_pos
-            cartesian = cartesian_margins(limits, kinematics.frames(q))
+            cartesian = cartesian_margins(limits, kinematics.frames(q), q=q)
             cartesian[:6] = np.ravel(np.column_stack([tip - limits.tip_lower, limits.tip_upper - tip]))
             np.minimum(
                 tally.closest, np.concatenate([q - limits.q_lower, limits.q_upper - q, cartesian]), out=tally.closest

@@ -1,19 +1,25 @@
 """Capsule collision model of the Panda, and vectorised clearances for batches of configurations.
 
-Each link of the arm is covered by a capsule (the points within a radius of a segment) fixed in
-one of the frames of `safety.kinematics.frames`; the hand by two (the hand body, and its fingers at
-any opening); link 0 by three (the base, and the simulated mount's pedestal and controller box as
-far as they rise above the table top).  From a batch of frames (..., 9, 4, 4):
+Each link of the arm is covered by one or more capsules (the points within a radius of a segment)
+fixed in one of the frames of `safety.kinematics.frames`: link 5 by three (its wrist housing and
+the two lengthwise halves of its forearm tube), the hand by two (the hand body, and its fingers at
+any opening), link 0 by three (the base, and the simulated mount's pedestal and controller box as
+far as they rise above the table top), every other link by one.  From a batch of frames
+(..., 9, 4, 4):
 
 - `capsule_segments`: the capsules' segments in the base frame, (..., K, 3) twice;
 - `self_clearances`: surface-to-surface distance of every pair in `SELF_COLLISION_PAIRS`, (..., P);
 - `table_clearances`: height of each capsule's lowest point above the table top, (..., K);
-- `segment_distances`: exact closest distance between two batches of segments.
+- `segment_distances`: exact closest distance between two batches of segments;
 
-A clearance is a lower bound on the distance between the real (simulated) collision shapes: every
-capsule contains its part's collision geometry in both simulators with `FIT_PAD` to spare, so where
-all clearances are positive neither PyBullet nor MuJoCo reports a contact (checked against both
-engines by tests/safety/test_collision_model.py on thousands of configurations).
+and from joint angles (..., 7), `wrist_clearance`: how far (rad) q6 lies above the wrist exclusion,
+(...), for the pairs no capsules can keep apart (link 5 - link 7, link 6 - hand).
+
+A clearance is a lower bound on the distance between the real (simulated) collision shapes: the
+capsules of a part contain its collision geometry in both simulators with `FIT_PAD` to spare, so
+where all clearances and the wrist clearance are positive neither PyBullet nor MuJoCo reports a
+contact (checked against both engines by tests/safety/test_collision_model.py on thousands of
+configurations).
 
 How the table was fitted (benchmarks/fit_collision_capsules.py; run it to reproduce every number):
 the collision geometry of both simulators, as each engine places it,
@@ -29,45 +35,79 @@ the collision geometry of both simulators, as each engine places it,
 
 taken to the frame of `kinematics.frames` each part hangs on (link i's URDF/MJCF frame is DH frame
 i: the points agree to < 1 micron over random configurations), fingers both closed and fully open
-(any opening lies in between).  Per part, the minimum-volume capsule containing every point
-(Nelder-Mead over the segment's line from the principal axes and random restarts, the radius by
-a bounded scalar search, the segment in closed form), endpoints rounded to 0.1 mm, radius = largest
-point distance to the rounded segment + `FIT_PAD`, rounded up to 0.1 mm.  Each part is a set of
-whole convex collision shapes, so containing their vertices contains the shapes.
+(any opening lies in between).  Both engines collide with the convex hull of each shape.  A part
+with several capsules is cut by planes into cells (`benchmarks.fit_collision_capsules.PIECES`:
+link 5 at z = 0 of its frame, the tube below lengthwise through its slanted axis); each shape's
+hull cut by a cell is the hull of its vertices on that side and its edges' crossings of the planes,
+so a capsule containing those points contains the part's share of its cell, and the cells cover
+space.  Per capsule, the minimum-volume capsule containing its points (Nelder-Mead over the
+segment's line from the principal axes and random restarts, the radius by a bounded scalar search,
+the segment in closed form), endpoints rounded to 0.1 mm, radius = largest point distance to the
+rounded segment + `FIT_PAD`, rounded up to 0.1 mm.
 
 Fit residuals: the largest distance of a point to its capsule's surface is -5.01 .. -5.09 mm (every
-point inside by at least the pad).  Capsule volume over the convex hull of the points (unpadded in
-brackets): link0 2.69 (2.38), pedestal 1.42 (1.33), controller box 35.9 (32.5; a 7 mm slab),
-link1 1.79 (1.54), link2 1.81 (1.55), link3 1.65 (1.39), link4 1.64 (1.38), link5 1.68 (1.43),
-link6 2.38 (2.01), link7 2.65 (2.07), hand 2.74 (2.19), fingers 4.72 (3.39).
+point inside by at least the pad; the tests also sample points over and inside every shape: all
+at least 5.01 mm deep in one of the part's capsules).  Capsule volume over the convex hull of its
+points (unpadded in brackets): link0 2.69 (2.38), pedestal 1.42 (1.33), controller box 35.9
+(32.5; a 7 mm slab), link1 1.79 (1.54), link2 1.81 (1.55), link3 1.65 (1.39), link4 1.64 (1.38),
+link5 wrist 3.23 (2.56), tube halves 2.55 (2.10) and 2.54 (2.10) (one capsule for all of link 5:
+1.68 (1.43), but 2 cm fatter than the wrist housing all round), link6 2.38 (2.01), link7 2.65
+(2.07), hand 2.74 (2.19), fingers 4.72 (3.39).
 
 The mount is robosuite's (RethinkMount); the PyBullet scene has none and a real Panda's mount is
 whatever it is bolted to: there it only makes the model more cautious near the base.
 
-Pairs (benchmarks/fit_collision_capsules.py --pairs): of the 51 capsule pairs on non-adjacent
-links, 30 are checked (`SELF_COLLISION_PAIRS`), 19 are proved never to touch within Franka's joint
-limits (`NEVER_TOUCHING_PAIRS`) and 2 cannot be separated by capsules (`INSEPARABLE_PAIRS`:
-link 5 - link 7 and link 6 - hand).
+Pairs (benchmarks/fit_collision_capsules.py --pairs): of the 69 capsule pairs on non-adjacent links,
+42 are checked (`SELF_COLLISION_PAIRS`), 23 are proved never to touch within Franka's joint limits
+(`NEVER_TOUCHING_PAIRS`; among them link 5's wrist housing and the hand: their capsules stay at
+least 1.7 cm apart, so link 5 - hand is checked on the tube halves alone) and 4 are wrist pairs
+(`WRIST_PAIRS`: link 5's three capsules with link 7, link 6 with the hand), left to
+`wrist_clearance`.
+
+The wrist (benchmarks/fit_collision_capsules.py --wrist): link 5 - link 7 and link 6 - hand (and
+fingers) depend on q6 and q7 alone.  Branch and bound over (q6, q7) within the joint limits with
+both engines' distances at cell centres (PyBullet's own, MuJoCo's by a separating-axis bound on
+its hulls) and Lipschitz bounds on how fast the joints move the parts (link 7: 0.218 m/rad about
+joint 6, 0.092 about joint 7; hand: 0.105; fingers: 0.068, at any opening) leaves the cells of
+5 mrad where a contact cannot be excluded: all link 5 - link 7, all with q6 <= 0.741 rad.  (The
+sims' own contact reports, at 5 mrad: link 5 - link 7 touch for q6 up to 0.12 rad in PyBullet,
+0.07 in MuJoCo, at most q7; up to 0.22 (0.18) at q7 = -0.65, 0.49 (0.45) at -2.9 and 0.73 (0.69)
+for q7 in 2.1 .. 2.9.)  `WRIST_EXCLUSION_Q6` (knots every 0.05 rad of q7) lies `WRIST_MARGIN`
+above those cells, 0.06-0.13 rad above the highest PyBullet contact: 0.19-0.28 rad for q7 in
+-2.4 .. 1.2, rising to 0.55 at q7 = -2.9 and to 0.76-0.79 for q7 in 2.0 .. 2.9.  Outside it the
+same branch and bound clears every cell (4,425 evaluated, rerun by the tests); the sims' own
+contact reports agree on 3,000 configurations outside it, most within 0.1 rad of it, and just
+inside it both engines report link 5 - link 7 contacts.  Link 6 and the hand never touch (at
+least 2.8 cm apart in PyBullet, 2.9 cm in MuJoCo; the fingers 11 cm).  The filter can keep
+``wrist_clearance(q) >= 0`` as a joint-space constraint; at home it is 2.75 rad.
 
 Against the engines (tests/safety/test_collision_model.py: 5,000 configurations drawn uniformly
-within the joint limits, 5,000 whose smallest clearance is in (0, 1 cm], 1,178 with exactly one
-check violated; a separate run of 20,000 + 13,000 agreed): no configuration the model calls clear
-has an arm self-contact or an arm-table contact in either engine, except on link 5 - link 7
-(inseparable, above), which PyBullet reports at 6 in 10,000 configurations with the smallest
-clearance under 1 cm (37 in 3,000 under 2 mm; MuJoCo none).  The model is conservative: it flags
-28% of uniform configurations, half of them without a contact in the engine (mostly link 5 -
-hand, whose capsules are 2-5 cm fatter than the engines' shapes there; also the table plane where
-there is no table and, in PyBullet, the mount).  Capsule clearances are 0.8-8 cm below the
-engines' distances (medians 2.4-3.7 cm for the pairs measured).
+within the joint limits, 4,000 whose smallest capsule clearance is in (0, 1 cm], 1,000 with the
+wrist clearance in (0, 0.02 rad], 1,261 with exactly one check violated): no configuration the
+model calls clear has an arm self-contact or an arm-table contact in either engine.  The model
+flags 26% of uniform configurations, 38-40% of them without a contact in the engine (the table
+plane where there is no table, the mount in PyBullet, the fatter capsules).  Capsule clearance
+against the engines' distance (where both engines' shapes are 0-15 cm apart, 3,000 uniform
+configurations; the smaller engine distance less the smallest checked capsule clearance of the
+pair, quantiles 0/50/100%): link 5 - hand 0.4/1.2/4.0 cm (one capsule for link 5: 1.4/2.8/4.7),
+link 5 - fingers 0.5/1.8/7.2 (2.0/3.5/8.1), link 2 - link 5 0.9/2.0/4.1 (0.9/2.5/4.1), link 1 -
+link 5 0.9/2.2/4.2, link 2 - hand 1.0/2.8/5.3, link 0 - link 6 1.2/4.2/9.2, link 1 - fingers
+1.5/4.9/9.0 (unchanged: single capsules, each one convex hull a second capsule does not fit
+better).
 
-For the filter: the clearances are not all large in ordinary poses.  At home the smallest is
-link 5 - hand, 2.6 cm (the engines' shapes: 6.5 cm apart), so a margin larger than that must only
-stop clearances from shrinking, not demand them.
+For the filter: at home the smallest checked clearance is link 5 (tube) - hand, 5.1 cm (the
+engines' shapes: 6.5 cm apart; one capsule for link 5 gave 2.6 cm).  Turning joint 7 from -2.9 to
+2.9 rad at home it stays >= 2.5 cm (engines >= 3.1 cm), and >= 3.8 cm wherever the engines are
+>= 5 cm apart (one capsule for link 5: down to 2 mm, and 1.5 cm).  Turning joint 6 over its range
+(q7 = pi/4) it is >= 1.8 cm wherever the engines are >= 5 cm apart (fingers - link 1 / link 2 /
+pedestal at q6 0.6-1.6 rad); the capsules overlap for q6 < 0.25 rad, inside the wrist exclusion.
+(benchmarks/fit_collision_capsules.py --sweeps.)
 
 Speed (benchmarks/fit_collision_capsules.py --timing, 17 x 20 = 340 configurations, this 2-core
-machine shared with other jobs): `clearances_from_frames` 0.48 ms, with `kinematics.frames` 0.71 ms;
-in a fresh process whose heap has not yet grown (glibc gives freed temporaries back to the system
-and every call faults them in again) 1.2 and 1.7 ms.  Pure numpy; imports nothing of ours but
+machine shared with other jobs): `clearances_from_frames` 0.62 ms, with `kinematics.frames`
+0.87 ms (one capsule for link 5, 30 pairs: 0.48 and 0.72 ms); in a fresh process whose heap has not
+yet grown (glibc gives freed temporaries back to the system and every call faults them in again)
+1.6 and 2.0 ms.  `wrist_clearance`: 7 us (one interpolation).  Pure numpy; imports nothing of ours but
 `safety.kinematics`.
 """
 
@@ -92,8 +132,10 @@ hand 0.5 mm nearer link 7 than Franka's flange, rounding)."""
 
 class Capsule(NamedTuple):
     """The points within ``radius`` (m) of the segment ``p0``-``p1`` (m, in frame ``frame``: an index
-    into `kinematics.frames`'s output, or `BASE_FRAME`), part of link ``link`` (0..7, or `HAND`)."""
+    into `kinematics.frames`'s output, or `BASE_FRAME`), named ``name``, part of link ``link`` (0..7,
+    or `HAND`)."""
 
+    name: str
     link: int
     frame: int
     p0: tuple[float, float, float]
@@ -103,38 +145,30 @@ class Capsule(NamedTuple):
 
 # fmt: off
 LINK_CAPSULES: tuple[Capsule, ...] = (
-    # link, frame, p0, p1 (m, in the frame), radius (m)  -- printed by benchmarks/fit_collision_capsules.py
-    Capsule(0, BASE_FRAME, (-0.0003, -0.0002, 0.0505), (-0.0574, -0.0001, 0.0226), 0.1104),  # link0
-    Capsule(0, BASE_FRAME, (-0.0200, 0.0000, -0.0070), (-0.0200, 0.0000, -0.5530), 0.1888),  # mount: pedestal
-    Capsule(0, BASE_FRAME, (-0.3250, -0.1783, -0.1085), (-0.3250, 0.1783, -0.1085), 0.1172),  # mount: controller box
-    Capsule(1, 0, (0.0000, -0.0534, 0.0009), (0.0000, -0.0002, -0.1397), 0.0812),  # link1
-    Capsule(2, 1, (-0.0001, 0.0015, 0.0535), (0.0002, -0.1437, 0.0020), 0.0812),  # link2
-    Capsule(3, 2, (0.0829, 0.0426, 0.0004), (0.0003, 0.0001, -0.0798), 0.0743),  # link3
-    Capsule(4, 3, (0.0000, -0.0001, 0.0425), (-0.0823, 0.0823, 0.0001), 0.0745),  # link4
-    Capsule(5, 4, (0.0000, 0.0639, 0.0030), (0.0002, 0.0104, -0.2438), 0.0724),  # link5
-    Capsule(6, 5, (0.0865, 0.0085, -0.0003), (0.0234, 0.0063, 0.0057), 0.0803),  # link6
-    Capsule(7, 6, (0.0326, 0.0327, 0.0829), (-0.0052, -0.0052, 0.0729), 0.0544),  # link7
-    Capsule(8, 8, (-0.0002, 0.0598, -0.0722), (-0.0001, -0.0757, -0.0824), 0.0546),  # hand
-    Capsule(8, 8, (-0.0001, -0.0550, -0.0229), (0.0001, 0.0550, -0.0229), 0.0374),  # fingers (closed to open)
+    # name, link, frame, p0, p1 (m, in the frame), radius (m)  -- printed by benchmarks/fit_collision_capsules.py
+    Capsule("link0", 0, BASE_FRAME, (-0.0003, -0.0002, 0.0505), (-0.0574, -0.0001, 0.0226), 0.1104),
+    Capsule("pedestal", 0, BASE_FRAME, (-0.0200, 0.0000, -0.0070), (-0.0200, 0.0000, -0.5530), 0.1888),
+    Capsule("controller_box", 0, BASE_FRAME, (-0.3250, -0.1783, -0.1085), (-0.3250, 0.1783, -0.1085), 0.1172),
+    Capsule("link1", 1, 0, (0.0000, -0.0534, 0.0009), (0.0000, -0.0002, -0.1397), 0.0812),
+    Capsule("link2", 2, 1, (-0.0001, 0.0015, 0.0535), (0.0002, -0.1437, 0.0020), 0.0812),
+    Capsule("link3", 3, 2, (0.0829, 0.0426, 0.0004), (0.0003, 0.0001, -0.0798), 0.0743),
+    Capsule("link4", 4, 3, (0.0000, -0.0001, 0.0425), (-0.0823, 0.0823, 0.0001), 0.0745),
+    Capsule("link5_wrist", 5, 4, (0.0000, 0.0377, 0.0002), (-0.0001, 0.0883, 0.0039), 0.0579),
+    Capsule("link5_tube_a", 5, 4, (0.0000, -0.0024, -0.2514), (0.0001, 0.0415, -0.0102), 0.0607),
+    Capsule("link5_tube_b", 5, 4, (0.0000, 0.0128, -0.2538), (0.0001, 0.0859, -0.0163), 0.0611),
+    Capsule("link6", 6, 5, (0.0865, 0.0085, -0.0003), (0.0234, 0.0063, 0.0057), 0.0803),
+    Capsule("link7", 7, 6, (0.0326, 0.0327, 0.0829), (-0.0052, -0.0052, 0.0729), 0.0544),
+    Capsule("hand", 8, 8, (-0.0002, 0.0598, -0.0722), (-0.0001, -0.0757, -0.0824), 0.0546),
+    Capsule("fingers", 8, 8, (-0.0001, -0.0550, -0.0229), (0.0001, 0.0550, -0.0229), 0.0374),
 )
 # fmt: on
-"""The capsules, base to hand (see the module docstring for how they were fitted).  The hand's are in
-frame 8, the tool-tip frame (the hand frame moved `kinematics.TOOL_TIP_OFFSET` along its z axis)."""
-CAPSULE_NAMES: tuple[str, ...] = (
-    "link0",
-    "pedestal",
-    "controller_box",
-    "link1",
-    "link2",
-    "link3",
-    "link4",
-    "link5",
-    "link6",
-    "link7",
-    "hand",
-    "fingers",
-)
-"""Name of each capsule of `LINK_CAPSULES`, in order."""
+"""The capsules, base to hand (see the module docstring for how they were fitted).  Link 5 has three:
+its wrist housing (the part of the link above the plane z = 0 of its frame, around joint 6's axis)
+and the two lengthwise halves of its forearm tube (`benchmarks.fit_collision_capsules.PIECES`).
+The hand's are in frame 8, the tool-tip frame (the hand frame moved `kinematics.TOOL_TIP_OFFSET`
+along its z axis)."""
+CAPSULE_NAMES: tuple[str, ...] = tuple(c.name for c in LINK_CAPSULES)
+"""Name of each capsule of `LINK_CAPSULES`, in order (no name contains "-": pair names join two)."""
 
 CAPSULE_LINK = np.array([c.link for c in LINK_CAPSULES])
 """Link of each capsule (K,): 0..7, or `HAND`."""
@@ -151,20 +185,12 @@ def adjacent(a: int, b: int) -> bool:
     return abs(int(CAPSULE_LINK[a]) - int(CAPSULE_LINK[b])) < 2
 
 
-# fmt: off
-INSEPARABLE_PAIRS: dict[tuple[str, str], str] = {
-    ("link5", "link7"): "the capsules overlap in 76% of configurations within the joint limits and "
-    "are never more than 5 mm apart: no margin can be kept.  The engines' own shapes (convex "
-    "hulls; link 5's fills in its concave forearm) are never more than 2.3 cm apart either and "
-    "touch in 6-10% of configurations (joints 6 and 7): this model does not see that",
-    ("link6", "hand"): "depends on joint 7 alone; the capsules are 0-7 mm apart (and overlap by "
-    "0.1 mm) at every joint-7 angle, while the engines' shapes stay 2.8-3.0 cm apart at all of "
-    "them (swept at 1 mrad): they cannot touch, the capsules cannot tell",
-}
-# fmt: on
-"""Non-adjacent capsule pairs left out of `SELF_COLLISION_PAIRS` because the capsules cannot
-separate them, with the reason (benchmarks/fit_collision_capsules.py --pairs; engine distances
-from tests/safety/test_collision_model.py)."""
+WRIST_LINK_PAIRS: tuple[tuple[int, int], ...] = ((5, 7), (6, HAND))
+"""Non-adjacent link pairs whose relative pose depends on joints 6 and 7 alone: link 5 with link 7
+(link 6 between them), link 6 with the hand (link 7 between them).  Their capsules cannot be kept
+apart (link 5's wrist housing and link 7 are never more than 9 mm apart as capsules, link 6 and
+the hand 7 mm; the engines' link 5 and link 7 never more than 2.3 cm), so their contacts are left
+to `wrist_clearance`, a joint-space constraint on (q6, q7) fitted to the engines' own contacts."""
 
 # fmt: off
 NEVER_TOUCHING_PAIRS: dict[tuple[str, str], float] = {
@@ -173,10 +199,10 @@ NEVER_TOUCHING_PAIRS: dict[tuple[str, str], float] = {
     ("controller_box", "link2"): 0.2861, ("controller_box", "link3"): 0.1325,
     ("link1", "link3"): 0.0836, ("link1", "link4"): 0.0884,
     ("link2", "link4"): 0.0333,
-    ("link3", "link5"): 0.0094, ("link3", "link6"): 0.1600, ("link3", "link7"): 0.1186,
-    ("link3", "hand"): 0.0471, ("link3", "fingers"): 0.0132,
-    ("link4", "link6"): 0.1184, ("link4", "link7"): 0.1003, ("link4", "hand"): 0.0374,
-    ("link4", "fingers"): 0.0057,
+    ("link3", "link5_wrist"): 0.2138, ("link3", "link5_tube_a"): 0.0215, ("link3", "link5_tube_b"): 0.0119,
+    ("link3", "link6"): 0.1600, ("link3", "link7"): 0.1186, ("link3", "hand"): 0.0471, ("link3", "fingers"): 0.0132,
+    ("link4", "link6"): 0.1184, ("link4", "link7"): 0.1003, ("link4", "hand"): 0.0374, ("link4", "fingers"): 0.0057,
+    ("link5_wrist", "hand"): 0.0168, ("link5_wrist", "fingers"): 0.0963,
     ("link6", "fingers"): 0.0763,
 }
 # fmt: on
@@ -189,16 +215,30 @@ move one capsule towards the other within the cell.  Checking them would cost ti
 margin, forbid harmless poses: link 3 and link 5 are 1-3 cm apart at every configuration (1.9 cm
 at home)."""
 
+
+def wrist_pair(a: int, b: int) -> bool:
+    """Whether capsules a and b are on one of `WRIST_LINK_PAIRS`."""
+    links = tuple(sorted((int(CAPSULE_LINK[a]), int(CAPSULE_LINK[b]))))
+    return links in WRIST_LINK_PAIRS
+
+
+WRIST_PAIRS: tuple[tuple[str, str], ...] = tuple(
+    (CAPSULE_NAMES[a], CAPSULE_NAMES[b])
+    for a in range(NUM_CAPSULES)
+    for b in range(a + 1, NUM_CAPSULES)
+    if wrist_pair(a, b) and (CAPSULE_NAMES[a], CAPSULE_NAMES[b]) not in NEVER_TOUCHING_PAIRS
+)
+"""Capsule pairs on `WRIST_LINK_PAIRS` not proved apart: not checked as capsules, covered by
+`wrist_clearance`."""
+
 SELF_COLLISION_PAIRS: tuple[tuple[int, int], ...] = tuple(
     (a, b)
     for a in range(NUM_CAPSULES)
     for b in range(a + 1, NUM_CAPSULES)
-    if not adjacent(a, b)
-    and (CAPSULE_NAMES[a], CAPSULE_NAMES[b]) not in INSEPARABLE_PAIRS
-    and (CAPSULE_NAMES[a], CAPSULE_NAMES[b]) not in NEVER_TOUCHING_PAIRS
+    if not adjacent(a, b) and not wrist_pair(a, b) and (CAPSULE_NAMES[a], CAPSULE_NAMES[b]) not in NEVER_TOUCHING_PAIRS
 )
 """Capsule index pairs (a < b) that `self_clearances` checks: every pair on non-adjacent links,
-less `INSEPARABLE_PAIRS` and `NEVER_TOUCHING_PAIRS`."""
+less `WRIST_PAIRS` and `NEVER_TOUCHING_PAIRS`."""
 SELF_COLLISION_PAIR_NAMES: tuple[str, ...] = tuple(
     f"{CAPSULE_NAMES[a]}-{CAPSULE_NAMES[b]}" for a, b in SELF_COLLISION_PAIRS
 )
@@ -211,10 +251,13 @@ capsule is caught instead) and link 0's own reaches down to 2.4 cm above the sim
 Link 1 only turns about the vertical axis through the base: its capsule's lowest point stays
 0.11 m above the base, 0.22 m above the simulated table top."""
 
-for _name, _capsules in (("inseparable", INSEPARABLE_PAIRS), ("never touching", NEVER_TOUCHING_PAIRS)):
-    for _pair in _capsules:
-        if not (set(_pair) <= set(CAPSULE_NAMES)) or CAPSULE_NAMES.index(_pair[0]) >= CAPSULE_NAMES.index(_pair[1]):
-            raise AssertionError(f"{_name} pair {_pair}: unknown capsule or not in table order")
+for _pair in NEVER_TOUCHING_PAIRS:
+    if not (set(_pair) <= set(CAPSULE_NAMES)) or CAPSULE_NAMES.index(_pair[0]) >= CAPSULE_NAMES.index(_pair[1]):
+        raise AssertionError(f"never touching pair {_pair}: unknown capsule or not in table order")
+    if adjacent(CAPSULE_NAMES.index(_pair[0]), CAPSULE_NAMES.index(_pair[1])):
+        raise AssertionError(f"never touching pair {_pair}: adjacent capsules are never checked anyway")
+if any("-" in _name for _name in CAPSULE_NAMES) or len(set(CAPSULE_NAMES)) != NUM_CAPSULES:
+    raise AssertionError("capsule names must be unique and free of '-'")
 
 # ---- precomputed arrays ----------------------------------------------------------------------------
 _EPS = 1e-12
@@ -413,3 +456,51 @@ def clearances_from_frames(frames: np.ndarray, table_height: float) -> tuple[np.
 def clearances(q: np.ndarray, table_height: float) -> tuple[np.ndarray, np.ndarray]:
     """(`self_clearances`, `table_clearances`) for joint angles ``q`` (..., 7), rad."""
     return clearances_from_frames(kinematics.frames(q), table_height)
+
+
+# ---- the wrist ---------------------------------------------------------------------------------------
+WRIST_MARGIN = 0.05
+"""Margin, rad, by which `WRIST_EXCLUSION_Q6` lies above the largest q6 at which either engine can
+report a contact on `WRIST_LINK_PAIRS` (0.05 rad turns link 7 by at most 1.1 cm about joint 6)."""
+# fmt: off
+WRIST_EXCLUSION_Q7: tuple[float, ...] = (
+    -2.8973, -2.8473, -2.7974, -2.7474, -2.6975, -2.6475, -2.5976, -2.5476, -2.4977, -2.4477,
+    -2.3978, -2.3478, -2.2979, -2.2479, -2.1980, -2.1480, -2.0980, -2.0481, -1.9981, -1.9482,
+    -1.8982, -1.8483, -1.7983, -1.7484, -1.6984, -1.6485, -1.5985, -1.5486, -1.4986, -1.4486,
+    -1.3987, -1.3487, -1.2988, -1.2488, -1.1989, -1.1489, -1.0990, -1.0490, -0.9991, -0.9491,
+    -0.8992, -0.8492, -0.7993, -0.7493, -0.6993, -0.6494, -0.5994, -0.5495, -0.4995, -0.4496,
+    -0.3996, -0.3497, -0.2997, -0.2498, -0.1998, -0.1499, -0.0999, -0.0500, 0.0000, 0.0500,
+    0.0999, 0.1499, 0.1998, 0.2498, 0.2997, 0.3497, 0.3996, 0.4496, 0.4995, 0.5495,
+    0.5994, 0.6494, 0.6993, 0.7493, 0.7993, 0.8492, 0.8992, 0.9491, 0.9991, 1.0490,
+    1.0990, 1.1489, 1.1989, 1.2488, 1.2988, 1.3487, 1.3987, 1.4487, 1.4986, 1.5486,
+    1.5985, 1.6485, 1.6984, 1.7484, 1.7983, 1.8483, 1.8982, 1.9482, 1.9981, 2.0481,
+    2.0980, 2.1480, 2.1980, 2.2479, 2.2979, 2.3478, 2.3978, 2.4477, 2.4977, 2.5476,
+    2.5976, 2.6475, 2.6975, 2.7474, 2.7974, 2.8473, 2.8973,
+)
+WRIST_EXCLUSION_Q6: tuple[float, ...] = (
+    0.545, 0.545, 0.504, 0.464, 0.420, 0.375, 0.324, 0.276, 0.224, 0.202,
+    0.195, 0.191, 0.191, 0.191, 0.191, 0.188, 0.191, 0.191, 0.191, 0.188,
+    0.188, 0.191, 0.191, 0.191, 0.188, 0.188, 0.191, 0.191, 0.191, 0.188,
+    0.191, 0.191, 0.191, 0.188, 0.188, 0.191, 0.199, 0.210, 0.221, 0.239,
+    0.254, 0.269, 0.276, 0.276, 0.276, 0.276, 0.280, 0.280, 0.276, 0.272,
+    0.265, 0.258, 0.247, 0.235, 0.221, 0.206, 0.199, 0.195, 0.191, 0.188,
+    0.191, 0.191, 0.191, 0.191, 0.188, 0.191, 0.191, 0.191, 0.188, 0.188,
+    0.191, 0.191, 0.191, 0.188, 0.191, 0.191, 0.191, 0.191, 0.191, 0.191,
+    0.191, 0.191, 0.195, 0.199, 0.206, 0.221, 0.235, 0.258, 0.280, 0.309,
+    0.342, 0.383, 0.423, 0.475, 0.530, 0.596, 0.663, 0.721, 0.762, 0.788,
+    0.788, 0.788, 0.788, 0.780, 0.773, 0.769, 0.762, 0.758, 0.758, 0.762,
+    0.766, 0.773, 0.780, 0.791, 0.791, 0.791, 0.788,
+)
+# fmt: on
+"""The wrist exclusion: q6 below the piecewise linear function through (`WRIST_EXCLUSION_Q7`,
+`WRIST_EXCLUSION_Q6`) of q7 (rad).  Outside it neither engine reports a contact on
+`WRIST_LINK_PAIRS` (proved on a grid, see the module docstring)."""
+_WRIST_Q7 = np.array(WRIST_EXCLUSION_Q7)
+_WRIST_Q6 = np.array(WRIST_EXCLUSION_Q6)
+
+
+def wrist_clearance(q: np.ndarray) -> np.ndarray:
+    """How far q6 lies above the wrist exclusion at q7, rad, for joint angles ``q`` (..., 7): (...).
+    Negative inside it, where link 5 may touch link 7 (or link 6 the hand) within `WRIST_MARGIN`."""
+    q = np.asarray(q, dtype=np.float64)
+    return q[..., 5] - np.interp(q[..., 6], _WRIST_Q7, _WRIST_Q6)

@@ -95,15 +95,16 @@ _TABLE_CAPSULES = np.flatnonzero(collision_model.TABLE_CHECKED)
 _TABLE_CONSTRAINTS = tuple(f"{collision_model.CAPSULE_NAMES[k]}_table" for k in _TABLE_CAPSULES)
 _FINGERS = collision_model.CAPSULE_NAMES.index("fingers")
 CONSTRAINT_NAMES: tuple[str, ...] = (
-    _TIP_CONSTRAINTS + _BODY_CONSTRAINTS + _BASE_CONSTRAINTS + _SELF_CONSTRAINTS + _TABLE_CONSTRAINTS
+    _TIP_CONSTRAINTS + _BODY_CONSTRAINTS + _BASE_CONSTRAINTS + _SELF_CONSTRAINTS + _TABLE_CONSTRAINTS + ("wrist",)
 )
 """Names of the Cartesian constraints in the order `cartesian_margins` returns them: the six faces
 of the tool-tip region, the height above the table of each other watched point, the horizontal
 distance of the forearm, wrist, flange and hand from the base column (``*_base``), the clearance
-of each checked pair of link capsules (``link5-hand``: `collision_model.SELF_COLLISION_PAIRS`),
-then each moving capsule's clearance above the table (``link6_table``)."""
-_SELF_SLICE = slice(len(_TIP_CONSTRAINTS + _BODY_CONSTRAINTS + _BASE_CONSTRAINTS), -len(_TABLE_CONSTRAINTS))
-_TABLE_SLICE = slice(-len(_TABLE_CONSTRAINTS), None)
+of each checked pair of link capsules (``link5_tube_a-hand``: `collision_model.SELF_COLLISION_PAIRS`),
+each moving capsule's clearance above the table (``link6_table``), then ``wrist``: how far joint 6
+lies outside the wrist exclusion at joint 7's angle (rad, `collision_model.wrist_clearance`: link 5
+against link 7, which capsules cannot separate)."""
+
 _EPS = 1e-12
 _TABLE_MARGIN_SHARE = np.where(_TABLE_CAPSULES == _FINGERS, 0.0, 1.0)
 """Which table clearances keep ``collision_margin`` (all but the fingers', see `cartesian_margins`)."""
@@ -128,9 +129,11 @@ def brake(velocity: np.ndarray, step: np.ndarray) -> np.ndarray:
     return np.sign(velocity) * np.maximum(np.abs(velocity) - step, 0.0)
 
 
-def cartesian_margins(limits: SafetyLimits, f: np.ndarray, inset: float = 0.0) -> np.ndarray:
+def cartesian_margins(limits: SafetyLimits, f: np.ndarray, inset: float = 0.0, *, q: np.ndarray) -> np.ndarray:
     """Signed distances (..., C), m, inside each Cartesian constraint (named in `CONSTRAINT_NAMES`)
-    for the output ``f`` of `kinematics.frames`, less ``inset``; negative outside.
+    for joint angles ``q`` (..., 7) and their frames ``f = kinematics.frames(q)``, less ``inset``;
+    negative outside.  The last column, ``wrist``, is in rad, less ``tracking_margin_joint`` when
+    ``inset`` is not zero (the filter's planning inset for the joint servo's tracking error).
 
     The collision constraints: each checked pair of link capsules at least ``collision_margin``
     apart, and each moving capsule at least ``collision_margin`` above the table (the fingers'
@@ -153,7 +156,7 @@ def cartesian_margins(limits: SafetyLimits, f: np.ndarray, inset: float = 0.0) -
     base = np.linalg.norm(points[..., _BASE_INDEX, :2], axis=-1) - limits.min_base_distance
     self_clearance, table_clearance = collision_model.clearances_from_frames(f, limits.table_height)
     table_clearance = table_clearance[..., _TABLE_CAPSULES] - _TABLE_MARGIN_SHARE * limits.collision_margin
-    return (
+    cartesian = (
         np.concatenate(
             [
                 tip_margins,
@@ -166,6 +169,8 @@ def cartesian_margins(limits: SafetyLimits, f: np.ndarray, inset: float = 0.0) -
         )
         - inset
     )
+    wrist = collision_model.wrist_clearance(q) - (limits.tracking_margin_joint if inset else 0.0)
+    return np.concatenate([cartesian, wrist[..., None]], axis=-1)
 
 
 class SafetyFilter:
@@ -268,7 +273,7 @@ class SafetyFilter:
         braking = np.clip(brake(previous, self._step), lo, hi)
 
         # 5. Cartesian limits along the segment braking -> limited
-        margins_now = cartesian_margins(self.limits, f_now, self._inset)
+        margins_now = cartesian_margins(self.limits, f_now, self._inset, q=q)
         jacobian = kinematics.jacobian_from_frames(f_now)[:3]
         command = self._search_segment(q, braking, limited, margins_now, jacobian, events)
         if command is None:  # the braking command itself is unsafe: brake harder, down to the hardest allowed
@@ -400,7 +405,8 @@ class SafetyFilter:
         """The candidate on start -> end closest to ``end`` that passes every Cartesian check, or
         None if even ``start`` fails.  Reports which constraints cut the command short."""
         candidates = start + self._grid[:, None] * (end - start)
-        margins = cartesian_margins(self.limits, kinematics.frames(self.rollout(q, candidates)), self._inset)
+        rolled = self.rollout(q, candidates)
+        margins = cartesian_margins(self.limits, kinematics.frames(rolled), self._inset, q=rolled)
         floor = np.minimum(margins_now, 0.0) - 1e-12  # outside already: no further out
         worst = np.min(margins - floor, axis=1)  # (m, constraints)
         speed = np.linalg.norm(candidates @ jacobian.T, axis=1)
@@ -423,6 +429,9 @@ class SafetyFilter:
                     continue
                 if name in _TABLE_CONSTRAINTS:
                     events.append(SafetyEvent("table_clearance", name, removed, "link capsule kept off the table"))
+                    continue
+                if name == "wrist":
+                    events.append(SafetyEvent("self_clearance", name, removed, "joint 6 kept off link 7's reach"))
                     continue
                 is_table = name in _BODY_CONSTRAINTS or (
                     name == "z_min" and self.limits.tip_lower[2] > self.limits.workspace_min[2]

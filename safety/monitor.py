@@ -108,13 +108,16 @@ class ViolationMonitor:
                 events.append(SafetyEvent("violation", i, float(below[i]), "below the lower joint limit"))
             if above[i] > self.joint_tolerance:
                 events.append(SafetyEvent("violation", i, float(above[i]), "above the upper joint limit"))
-        margins = cartesian_margins(self.limits, kinematics.frames(q))
+        margins = cartesian_margins(self.limits, kinematics.frames(q), q=q)
         if tip is not None:  # the measured tool tip replaces our prediction of it
             tip = np.asarray(tip, dtype=np.float64)
             lower, upper = self.limits.tip_lower, self.limits.tip_upper
             margins[:6] = np.ravel(np.column_stack([tip - lower, upper - tip]))
         for k in np.flatnonzero(margins < -self.position_tolerance):
-            events.append(SafetyEvent("violation", CONSTRAINT_NAMES[k], float(-margins[k]), "outside by this many m"))
+            unit = "rad" if CONSTRAINT_NAMES[k] == "wrist" else "m"
+            events.append(
+                SafetyEvent("violation", CONSTRAINT_NAMES[k], float(-margins[k]), f"outside by this many {unit}")
+            )
         return events
 
     def check(self, state, now: float | None = None) -> Verdict:

@@ -268,7 +268,9 @@ def path_margin(positions: np.ndarray, limits: SafetyLimits) -> float:
     negative when some configuration is outside."""
     joint_inset = limits.tracking_margin_joint
     joint = np.minimum(positions - limits.q_lower, limits.q_upper - positions).min() - joint_inset
-    cartesian = cartesian_margins(limits, kinematics.frames(positions), limits.tracking_margin_position).min()
+    cartesian = cartesian_margins(
+        limits, kinematics.frames(positions), limits.tracking_margin_position, q=positions
+    ).min()
     return float(min(joint, cartesian))
 
 

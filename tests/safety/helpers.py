@@ -33,7 +33,7 @@ def margins(q: np.ndarray, limits: SafetyLimits = LIMITS) -> tuple[np.ndarray, n
     """(joint margins (..., 7) rad, Cartesian margins (..., 11) m), negative outside."""
     q = np.asarray(q, float)
     joint = np.minimum(q - limits.q_lower, limits.q_upper - q)
-    return joint, cartesian_margins(limits, kinematics.frames(q))
+    return joint, cartesian_margins(limits, kinematics.frames(q), q=q)
 
 
 def inside(q: np.ndarray, limits: SafetyLimits = LIMITS, tol: float = 1e-9) -> bool:
