@@ -451,6 +451,11 @@ class Collector:
             self.safe.filter.notify_stopped()
         return True
 
+    def _writes_pending(self, recorder: EpisodeRecorder) -> bool:
+        """Whether a failed write waits for its retry (a resume may have come in through any poll:
+        the retry must happen before the next step, not only in the wait that set the hold)."""
+        return recorder.write_error is not None or self.store.events_pending
+
     def _retry_writes(self, recorder: EpisodeRecorder | None) -> tuple[str, OSError] | None:
         """Retry what a full disk left unwritten; (what, error) when it still fails."""
         if not self.store.retry_events():
@@ -505,7 +510,7 @@ class Collector:
                     self.estop_requested = False
                     self._estop_now()
                     break
-                if self.paused or self.hold_reason:
+                if self.paused or self.hold_reason or self._writes_pending(recorder):
                     if not self._wait_while_held(recorder):
                         outcome = "operator_stop"  # stopped while paused: the episode ends here
                         break

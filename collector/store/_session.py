@@ -621,6 +621,11 @@ class SessionStore:
             os.fsync(self._events_fd)
         self._events_error = None
 
+    @property
+    def events_pending(self) -> bool:
+        """Whether events are held in memory after a failed write (see `retry_events`)."""
+        return bool(self._events_backlog)
+
     def retry_events(self) -> bool:
         """Write the events held after a failed write; True when none is left."""
         with self._events_lock:
