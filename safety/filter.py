@@ -403,11 +403,22 @@ class SafetyFilter:
         report: bool = True,
     ) -> np.ndarray | None:
         """The candidate on start -> end closest to ``end`` that passes every Cartesian check, or
-        None if even ``start`` fails.  Reports which constraints cut the command short."""
+        None if even ``start`` fails.  Reports which constraints cut the command short.
+
+        The requested command itself is checked first, alone: it passes in most calls (the arm
+        away from every limit), and then the segment is not searched (same result, ~10x less
+        work)."""
+        floor = np.minimum(margins_now, 0.0) - 1e-12  # outside already: no further out
+        requested = start + self._grid[0] * (end - start)
+        rolled = self.rollout(q, requested[None])
+        margins = cartesian_margins(self.limits, kinematics.frames(rolled), self._inset, q=rolled)
+        speed_requested = float(np.linalg.norm(jacobian @ requested))
+        speed_start = float(np.linalg.norm(jacobian @ start))
+        if np.all(margins - floor >= 0.0) and speed_requested <= max(self.limits.max_tip_speed, speed_start) + 1e-12:
+            return requested
         candidates = start + self._grid[:, None] * (end - start)
         rolled = self.rollout(q, candidates)
         margins = cartesian_margins(self.limits, kinematics.frames(rolled), self._inset, q=rolled)
-        floor = np.minimum(margins_now, 0.0) - 1e-12  # outside already: no further out
         worst = np.min(margins - floor, axis=1)  # (m, constraints)
         speed = np.linalg.norm(candidates @ jacobian.T, axis=1)
         speed_bound = max(self.limits.max_tip_speed, float(speed[-1])) + 1e-12
