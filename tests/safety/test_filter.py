@@ -239,9 +239,7 @@ def test_tip_delta_moves_the_tool_tip_and_keeps_it_pointing_down():
     style=st.sampled_from(["uniform10x", "push", "alternating"]),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_from_random_start_poses_no_link_pair_or_link_and_table_comes_closer_than_the_margin(
-    action_space, style, seed
-):
+def test_from_random_start_poses_no_link_pair_or_link_and_table_comes_closer_than_the_margin(action_space, style, seed):
     """Closed loop on the integrator model from random poses inside the limits: every checked pair
     of link capsules stays at least ``collision_margin`` apart, every moving link capsule at least
     that far above the table, and joint 6 outside the wrist exclusion — computed here from the
