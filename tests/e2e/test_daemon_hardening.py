@@ -157,6 +157,8 @@ def _names(root):
 def test_a_second_collector_on_an_open_session_is_refused_and_creates_nothing(daemon):
     _, address, tmp_path = daemon
     session = tmp_path / "data" / "e2e"
+    # after the first episode the running collector has made every folder it makes (explorer/)
+    wait_for(lambda: send_request(address, "status")["episodes"] >= 1, timeout_s=120)
     before = _names(tmp_path / "data")
     other = tmp_path / "second"
     other.mkdir(exist_ok=True)
