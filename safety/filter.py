@@ -273,9 +273,13 @@ class SafetyFilter:
         braking = np.clip(brake(previous, self._step), lo, hi)
 
         # 5. Cartesian limits along the segment braking -> limited
-        margins_now = cartesian_margins(self.limits, f_now, self._inset, q=q)
+        # the state's own margins and the requested command's rollout in one evaluation
+        rolled = self.rollout(q, (braking + self._grid[0] * (limited - braking))[None])[0]
+        stacked = np.concatenate([q[None], rolled])
+        both = cartesian_margins(self.limits, kinematics.frames(stacked), self._inset, q=stacked)
+        margins_now = both[0]
         jacobian = kinematics.jacobian_from_frames(f_now)[:3]
-        command = self._search_segment(q, braking, limited, margins_now, jacobian, events)
+        command = self._search_segment(q, braking, limited, margins_now, jacobian, events, requested_margins=both[1:])
         if command is None:  # the braking command itself is unsafe: brake harder, down to the hardest allowed
             hardest = brake(previous, self._hard_step)
             command = self._search_segment(q, hardest, braking, margins_now, jacobian, events, report=False)
@@ -401,6 +405,7 @@ class SafetyFilter:
         jacobian: np.ndarray,
         events: list[SafetyEvent],
         report: bool = True,
+        requested_margins: np.ndarray | None = None,
     ) -> np.ndarray | None:
         """The candidate on start -> end closest to ``end`` that passes every Cartesian check, or
         None if even ``start`` fails.  Reports which constraints cut the command short.
@@ -410,8 +415,11 @@ class SafetyFilter:
         work)."""
         floor = np.minimum(margins_now, 0.0) - 1e-12  # outside already: no further out
         requested = start + self._grid[0] * (end - start)
-        rolled = self.rollout(q, requested[None])
-        margins = cartesian_margins(self.limits, kinematics.frames(rolled), self._inset, q=rolled)
+        if requested_margins is None:
+            rolled = self.rollout(q, requested[None])
+            margins = cartesian_margins(self.limits, kinematics.frames(rolled), self._inset, q=rolled)
+        else:  # computed by the caller together with the state's own margins
+            margins = requested_margins
         speed_requested = float(np.linalg.norm(jacobian @ requested))
         speed_start = float(np.linalg.norm(jacobian @ start))
         if np.all(margins - floor >= 0.0) and speed_requested <= max(self.limits.max_tip_speed, speed_start) + 1e-12:
