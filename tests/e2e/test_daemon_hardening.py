@@ -37,6 +37,19 @@ def _progress(address: str) -> int:
     return status["steps"] + status["episode_step"]
 
 
+def _ask(address: str, frames: list[bytes]) -> dict:
+    """Send these frames as one request on a fresh REQ socket and return the parsed reply."""
+    socket = zmq.Context.instance().socket(zmq.REQ)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.RCVTIMEO, 5000)
+    socket.connect(address)
+    try:
+        socket.send_multipart(frames)
+        return json.loads(socket.recv())
+    finally:
+        socket.close(0)
+
+
 def _is_a_real_command(frames: list[bytes]) -> bool:
     """Whether these frames happen to form a valid request (which would pause or stop the daemon);
     decided here independently of the parser under test."""
@@ -90,15 +103,7 @@ def test_any_frames_get_an_error_reply_and_collection_goes_on(daemon, frames):
     process, address, _ = daemon
     if _is_a_real_command(frames) or sum(len(f) for f in frames) > MAX_REQUEST_BYTES // 2:
         return
-    socket = zmq.Context.instance().socket(zmq.REQ)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.RCVTIMEO, 5000)
-    socket.connect(address)
-    try:
-        socket.send_multipart(frames)
-        reply = json.loads(socket.recv())
-    finally:
-        socket.close(0)
+    reply = _ask(address, frames)
     assert reply["ok"] is False and isinstance(reply["error"], str) and reply["error"], frames
     assert process.poll() is None, "the daemon died from a request"
 
@@ -127,15 +132,7 @@ def test_after_the_attack_it_is_still_collecting(daemon):
 )
 def test_the_requests_that_used_to_kill_it(daemon, raw):
     process, address, _ = daemon
-    socket = zmq.Context.instance().socket(zmq.REQ)
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.RCVTIMEO, 5000)
-    socket.connect(address)
-    try:
-        socket.send_multipart(raw)
-        reply = json.loads(socket.recv())
-    finally:
-        socket.close(0)
+    reply = _ask(address, raw)
     assert reply["ok"] is False and reply["error"]
     assert process.poll() is None
     assert not send_request(address, "status")["paused"], "a malformed request changed the state"
