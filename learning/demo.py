@@ -52,7 +52,7 @@ def _wait_for_collector(process: subprocess.Popen, timeout_s: float = 60.0) -> N
         try:
             process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            pass
+            continue  # the loop's condition decides: exited, or past the deadline
         except KeyboardInterrupt:
             process.send_signal(signal.SIGINT)
     if process.poll() is None:

@@ -443,7 +443,7 @@ class PartialScan:
 
 
 class _BadRecord(Exception):
-    pass
+    """A record that fails validation while resynchronising (internal to the scanner)."""
 
 
 def _frame_at(buf, pos: int, size: int) -> tuple[int, int, int]:

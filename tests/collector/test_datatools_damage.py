@@ -5,8 +5,6 @@ lines when piped and prints one JSON document with ``--json``."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import pickle
@@ -19,7 +17,6 @@ import numpy as np
 import pytest
 
 from collector.checkpoint import save_explorer_checkpoint
-from collector.cli import build_parser
 from collector.datatools import info, read_session_yaml, verify
 from collector.explorers import ExplorerSpec, make_explorer
 from tests.collector.test_datatools import _write_session
@@ -136,15 +133,6 @@ def test_info_json_is_one_document(tmp_path, capsys):
     assert by_name["yaml"]["session"] == str(sessions["yaml"])
 
 
-def _cli_has_info_json() -> bool:
-    with contextlib.redirect_stderr(io.StringIO()):
-        try:
-            return build_parser().parse_args(["data", "info", "--json", "x"]).json is True
-        except (SystemExit, AttributeError):
-            return False
-
-
-@pytest.mark.skipif(not _cli_has_info_json(), reason="collector/cli.py has no `data info --json` yet")
 def test_info_json_through_the_cli(tmp_path):
     _damaged_root(tmp_path)
     result = pandalab("data", "info", "--json", str(tmp_path / "data"))

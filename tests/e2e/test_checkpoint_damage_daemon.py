@@ -4,24 +4,11 @@ which moves the file to quarantine/ and continues the session with a new explore
 
 from __future__ import annotations
 
-import contextlib
-import io
 import pickle
 
-import pytest
-
 from collector.checkpoint import load_explorer_checkpoint
-from collector.cli import build_parser
 from collector.store import read_events, read_manifest
 from tests.e2e.conftest import pandalab, write_config
-
-
-def _cli_has_fresh_explorer() -> bool:
-    with contextlib.redirect_stderr(io.StringIO()):
-        try:
-            return build_parser().parse_args(["collect", "--config", "x", "--fresh-explorer"]).fresh_explorer is True
-        except (SystemExit, AttributeError):
-            return False
 
 
 class _Planted:
@@ -34,7 +21,6 @@ class _Planted:
         return (os.mkdir, (self.marker,))
 
 
-@pytest.mark.skipif(not _cli_has_fresh_explorer(), reason="collect --fresh-explorer not integrated yet")
 def test_a_damaged_checkpoint_refuses_the_start_until_fresh_explorer(tmp_path):
     config = write_config(tmp_path, stop={"episodes": 1})
     first = pandalab("collect", "--config", str(config))
