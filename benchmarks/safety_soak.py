@@ -651,12 +651,15 @@ def run(
     chunk_episodes: int = CHUNK_EPISODES,
     fresh: bool = False,
     accept_code_change: bool = False,
+    restart: bool = False,
     stop: Callable[[], bool] = lambda: False,
     log: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> tuple[dict, bool]:
     """Bring every (backend, action space) of the state at ``state_path`` to ``steps`` steps
     (rounded up to whole episodes), saving after every ``chunk_episodes`` episodes and when
-    ``stop()`` turns true (then the unfinished episode is dropped).  Returns (state, finished)."""
+    ``stop()`` turns true (then the unfinished episode is dropped).  ``restart`` measures the
+    selected runs again from zero with the current code (their old results are kept in the state
+    under ``superseded``; the other runs are kept as they are).  Returns (state, finished)."""
     limits = limits if limits is not None else SafetyLimits()
     wanted = settings(seed, limits, episode_steps)
     fingerprint = code_fingerprint()
@@ -670,7 +673,7 @@ def run(
         different = sorted(k for k in wanted if state["settings"].get(k) != wanted.get(k))
         raise StateError(f"{state_path} was measured with other settings ({', '.join(different)}); use --fresh")
     elif state["code"][-1] != fingerprint:
-        if not accept_code_change:
+        if not (accept_code_change or restart):
             raise StateError(
                 f"{state_path} was measured with other code in {', '.join(FINGERPRINTED)}/ (changed since); "
                 "--fresh starts over, --accept-code-change goes on (noted in the state)"
@@ -681,7 +684,12 @@ def run(
     state["target_steps"] = target * episode_steps
     keys = [(b, a) for b in backends for a in action_spaces]
     for backend, action_space in keys:
-        state["runs"].setdefault(f"{backend}/{action_space}", {"tally": Tally()})
+        key = f"{backend}/{action_space}"
+        if restart and key in state["runs"]:
+            old = state["runs"].pop(key)
+            state.setdefault("superseded", []).append(dict(old, run=key, tally=old["tally"].to_dict()))
+            log(f"{key}: measuring again from zero (the old result is kept under 'superseded')")
+        state["runs"].setdefault(key, {"tally": Tally(), "code_version": len(state["code"]) - 1})
 
     def remaining(key: str) -> int:
         return max(0, target - state["runs"][key]["tally"].episodes) * episode_steps
@@ -750,6 +758,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write every number as JSON to FILE ('-': stdout)")
     parser.add_argument("--fresh", action="store_true", help="start over (the old state is kept as FILE.old)")
     parser.add_argument("--accept-code-change", action="store_true", help="go on with a state measured with other code")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="measure the selected --backends/--action-spaces again from zero with the current code (others kept)",
+    )
     args = parser.parse_args(argv)
     if args.steps <= 0:
         parser.error("--steps must be positive")
@@ -781,6 +794,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.seed,
                 fresh=args.fresh,
                 accept_code_change=args.accept_code_change,
+                restart=args.restart,
                 stop=lambda: bool(received),
             )
     except StateError as error:

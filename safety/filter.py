@@ -106,6 +106,8 @@ lies outside the wrist exclusion at joint 7's angle (rad, `collision_model.wrist
 against link 7, which capsules cannot separate)."""
 
 _EPS = 1e-12
+_TIP_AXES = np.array([0, 0, 1, 1, 2, 2])
+_TIP_SIGNS = np.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
 _TABLE_MARGIN_SHARE = np.where(_TABLE_CAPSULES == _FINGERS, 0.0, 1.0)
 """Which table clearances keep ``collision_margin`` (all but the fingers', see `cartesian_margins`)."""
 
@@ -140,19 +142,12 @@ def cartesian_margins(limits: SafetyLimits, f: np.ndarray, inset: float = 0.0, *
     capsule at least 0 above it: the tool tip's own height limit ``min_tip_height`` governs the
     fingers)."""
     points = kinematics.body_points_from_frames(f)
-    tip = points[..., -1, :]
-    lower, upper = limits.tip_lower, limits.tip_upper
-    tip_margins = np.stack(
-        [
-            tip[..., 0] - lower[0],
-            upper[0] - tip[..., 0],
-            tip[..., 1] - lower[1],
-            upper[1] - tip[..., 1],
-            tip[..., 2] - lower[2],
-            upper[2] - tip[..., 2],
-        ],
-        axis=-1,
+    # x_min, x_max, y_min, y_max, z_min, z_max: +-(tip - bound)
+    tip_margins = points[..., -1, _TIP_AXES]
+    tip_margins -= np.array(
+        [limits.tip_lower[0], limits.tip_upper[0], limits.tip_lower[1], limits.tip_upper[1], limits.tip_lower[2], limits.tip_upper[2]]
     )
+    tip_margins *= _TIP_SIGNS
     base = np.linalg.norm(points[..., _BASE_INDEX, :2], axis=-1) - limits.min_base_distance
     self_clearance, table_clearance = collision_model.clearances_from_frames(f, limits.table_height)
     table_clearance = table_clearance[..., _TABLE_CAPSULES] - _TABLE_MARGIN_SHARE * limits.collision_margin
@@ -276,7 +271,8 @@ class SafetyFilter:
         # the state's own margins and the requested command's rollout in one evaluation
         rolled = self.rollout(q, (braking + self._grid[0] * (limited - braking))[None])[0]
         stacked = np.concatenate([q[None], rolled])
-        both = cartesian_margins(self.limits, kinematics.frames(stacked), self._inset, q=stacked)
+        stacked_frames = np.concatenate([f_now[None], kinematics.frames(rolled)])
+        both = cartesian_margins(self.limits, stacked_frames, self._inset, q=stacked)
         margins_now = both[0]
         jacobian = kinematics.jacobian_from_frames(f_now)[:3]
         command = self._search_segment(q, braking, limited, margins_now, jacobian, events, requested_margins=both[1:])
@@ -417,7 +413,7 @@ class SafetyFilter:
         requested = start + self._grid[0] * (end - start)
         if requested_margins is None:
             rolled = self.rollout(q, requested[None])
-            margins = cartesian_margins(self.limits, kinematics.frames(rolled), self._inset, q=rolled)
+            margins = cartesian_margins(self.limits, kinematics.frames(rolled), self._inset, q=rolled)[0]
         else:  # computed by the caller together with the state's own margins
             margins = requested_margins
         speed_requested = float(np.linalg.norm(jacobian @ requested))
@@ -425,8 +421,10 @@ class SafetyFilter:
         if np.all(margins - floor >= 0.0) and speed_requested <= max(self.limits.max_tip_speed, speed_start) + 1e-12:
             return requested
         candidates = start + self._grid[:, None] * (end - start)
-        rolled = self.rollout(q, candidates)
-        margins = cartesian_margins(self.limits, kinematics.frames(rolled), self._inset, q=rolled)
+        rolled = self.rollout(q, candidates[1:])  # the first, the request, was checked above
+        margins = np.concatenate(
+            [margins[None], cartesian_margins(self.limits, kinematics.frames(rolled), self._inset, q=rolled)]
+        )
         worst = np.min(margins - floor, axis=1)  # (m, constraints)
         speed = np.linalg.norm(candidates @ jacobian.T, axis=1)
         speed_bound = max(self.limits.max_tip_speed, float(speed[-1])) + 1e-12

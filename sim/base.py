@@ -120,6 +120,9 @@ class SimPandaDriver(RobotDriver):
     """Options model; the collector validates a session's robot options with it before starting."""
     physics_timestep_s: float
     """Physics step, s; set by the subclass before `connect` returns."""
+    servo_acceleration_fraction: float = 1.0
+    """Fraction of a substep's published acceleration the engine's servo is asked for at most (from
+    the measured joint velocity); under 1 for an engine whose servo overshoots what it is asked."""
 
     def __init__(self, config: SimConfig | dict[str, Any] | None = None) -> None:
         if config is None:
@@ -152,6 +155,7 @@ class SimPandaDriver(RobotDriver):
         self._build()
         self._connected = True
         self._ramp_step = JOINT_ACCELERATION_LIMIT * self.physics_timestep_s
+        self._engine_step = self._ramp_step * self.servo_acceleration_fraction
         self._jerk_step = FRANKA_DDDQ_MAX * self.physics_timestep_s**2
         # A change per substep within +-ramp_step changes by at most 2 * ramp_step from one substep
         # to the next: the jerk limit only binds where that exceeds jerk_step (timesteps under 4 ms).
@@ -310,7 +314,8 @@ class SimPandaDriver(RobotDriver):
             # What the engine is asked for: never more than one substep of the published acceleration
             # from the measured velocity (a joint that fell behind, torque saturated or blocked,
             # catches up no faster than that instead of jumping to its target).
-            engine = self._command_servo(np.minimum(np.maximum(target, dq - step), dq + step), dq)
+            reach = self._engine_step
+            engine = self._command_servo(np.minimum(np.maximum(target, dq - reach), dq + reach), dq)
             if k > 1 and not (engine == target).all():
                 k = 1
             self._step_physics(1)

@@ -65,6 +65,33 @@ def test_an_interrupted_soak_resumes_to_the_uninterrupted_result(tmp_path):
     assert finished and state["runs"]["pybullet/tip_delta"]["tally"].steps == EPISODES * EPISODE_STEPS
     assert "| PyBullet | tip_delta | 120 |" in safety_soak.table(safety_soak.results(state))
 
+    # After a code change, --restart measures the selected run again from zero and keeps the old
+    # result under "superseded"; runs not selected are left alone.
+    state["code"][-1] = "older code"
+    state["runs"]["robosuite/joint_velocity"] = {"tally": safety_soak.Tally(), "code_version": 0}
+    state["runs"]["robosuite/joint_velocity"]["tally"].steps = 7
+    safety_soak.save_state(resumed, state)
+    with pytest.raises(safety_soak.StateError, match="other code"):
+        _run(resumed)
+    state, finished = safety_soak.run(
+        resumed,
+        EPISODE_STEPS,
+        ("pybullet",),
+        ("tip_delta",),
+        seed=3,
+        episode_steps=EPISODE_STEPS,
+        restart=True,
+        log=lambda line: None,
+    )
+    assert finished
+    saved = safety_soak.load_state(resumed)
+    assert saved["runs"]["pybullet/tip_delta"]["tally"].steps == EPISODE_STEPS
+    assert saved["runs"]["pybullet/tip_delta"]["code_version"] == len(saved["code"]) - 1 == 1
+    assert saved["runs"]["robosuite/joint_velocity"]["tally"].steps == 7
+    assert [(old["run"], old["tally"]["steps"]) for old in saved["superseded"]] == [
+        ("pybullet/tip_delta", EPISODES * EPISODE_STEPS)
+    ]
+
 
 def test_a_state_of_other_settings_is_refused(tmp_path):
     path = tmp_path / "state.json"
