@@ -144,9 +144,7 @@ def cartesian_margins(limits: SafetyLimits, f: np.ndarray, inset: float = 0.0, *
     points = kinematics.body_points_from_frames(f)
     # x_min, x_max, y_min, y_max, z_min, z_max: +-(tip - bound)
     tip_margins = points[..., -1, _TIP_AXES]
-    tip_margins -= np.array(
-        [limits.tip_lower[0], limits.tip_upper[0], limits.tip_lower[1], limits.tip_upper[1], limits.tip_lower[2], limits.tip_upper[2]]
-    )
+    tip_margins -= np.stack([limits.tip_lower, limits.tip_upper], axis=-1).reshape(6)
     tip_margins *= _TIP_SIGNS
     base = np.linalg.norm(points[..., _BASE_INDEX, :2], axis=-1) - limits.min_base_distance
     self_clearance, table_clearance = collision_model.clearances_from_frames(f, limits.table_height)
