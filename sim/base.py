@@ -120,7 +120,7 @@ class SimPandaDriver(RobotDriver):
     """Options model; the collector validates a session's robot options with it before starting."""
     physics_timestep_s: float
     """Physics step, s; set by the subclass before `connect` returns."""
-    servo_acceleration_fraction: float = 1.0
+    servo_acceleration_fraction: float | np.ndarray = 1.0
     """Fraction of a substep's published acceleration the engine's servo is asked for at most (from
     the measured joint velocity); under 1 for an engine whose servo overshoots what it is asked."""
 
