@@ -29,7 +29,7 @@ from rich.table import Table
 
 from benchmarks._cli import REPO, run_script
 from collector.control import send_request
-from collector.store import verify_session
+from store import verify_session
 
 
 def rss_mb(pid: int) -> float:
@@ -59,7 +59,7 @@ def main() -> None:
         }
         (tmp / "soak.yaml").write_text(yaml.safe_dump(config))
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "collector.cli", "collect", "--config", str(tmp / "soak.yaml")],
+            [sys.executable, "-m", "pandalab", "collect", "--config", str(tmp / "soak.yaml")],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -30,9 +30,9 @@ from benchmarks._cli import run_script
 from benchmarks.sim_throughput import RAW_LOOPS, commands
 from collector.config import parse_session_config
 from collector.session import Collector
-from collector.store import iter_episodes, read_manifest
 from robot_drivers import create_driver
 from sim.config import SimConfig
+from store import iter_episodes, read_manifest
 
 CAMERA = {"name": "front", "width": 84, "height": 84}
 

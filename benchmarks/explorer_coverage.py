@@ -6,10 +6,10 @@ explorer (`random`, `random_linear`, `gep`, `rnd`, `gcrnd`, and `sse` when regis
 the real `collector.session.Collector` (in a child process each, ``--jobs`` at a time) with its
 default parameters, until ``--steps`` recorded steps per seed.  Reported per explorer (mean over
 seeds): occupied cells of the tool-tip grid (5 cm) and of cube x-y (2 cm) from
-`collector.datatools.coverage`, the distribution of the cube's top-face colour over all recorded
+`pandalab.data.coverage`, the distribution of the cube's top-face colour over all recorded
 steps (003 Fig. 5), and the mean time spent training per episode (events.jsonl episode_end
 train_s; the arm is held still meanwhile).  One PNG per explorer (all seeds together) is written
-with `collector.datatools.coverage` (the same plot as `pandalab data coverage`).
+with `pandalab.data.coverage` (the same plot as `pandalab data coverage`).
 
 Explorers see ``--observation`` (default proprio: joint angles + velocities; seed 003's agents saw
 84x84 images, which costs ~10x more training time on a CPU); no camera is rendered unless the
@@ -44,9 +44,9 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks._cli import ignore_sigint, run_script
-from collector.datatools import CUBE_FACE_COLOURS, coverage
 from collector.explorers import EXPLORERS
-from collector.store import read_events
+from pandalab.data import CUBE_FACE_COLOURS, coverage
+from store import read_events
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXPLORER_ORDER = ("random", "random_linear", "gep", "rnd", "gcrnd", "sse")

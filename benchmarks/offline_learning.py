@@ -9,7 +9,7 @@ Data (both in PyBullet, through the safety filter, recorded in real session dire
   clipped to the velocity cap) plus Gaussian noise (std ``--noise`` x cap) on every command and,
   with probability ``--random-prob`` per episode step, a uniformly random command. It runs through
   `sim.gym_env.PandaEnv` (every action through the safety filter) and its episodes are written with
-  `collector.store.SessionStore` under the same keys as the collector, with a front camera for the
+  `store.SessionStore` under the same keys as the collector, with a front camera for the
   image experiment;
 - ``random``: the default explorer (random linear policies) run by the real collector daemon
   (``pandalab collect``), as in `make demo`.
@@ -89,9 +89,9 @@ def session_yaml_text(session_id: str, cameras: list[dict]) -> str:
 
 def record_scripted(root: Path, episodes: int, image_size: int, noise: float, random_prob: float, seed: int) -> Path:
     """Run the noisy scripted reacher in PandaEnv and write its episodes with the store."""
-    from collector.store import SessionStore
     from sim.gym_env import PandaEnv
     from sim.tasks import make_task
+    from store import SessionStore
 
     task = make_task("reach:0")
     cameras = [{"name": "front", "width": image_size, "height": image_size}]
@@ -175,7 +175,7 @@ def collect_random(root: Path, steps: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config))
     subprocess.run(
-        [sys.executable, "-m", "collector.cli", "collect", "--config", str(path)],
+        [sys.executable, "-m", "pandalab", "collect", "--config", str(path)],
         cwd=REPO,
         check=True,
         stdout=subprocess.DEVNULL,

@@ -1,4 +1,4 @@
-"""Episode store throughput: what `collector.store` sustains, and what the control loop waits.
+"""Episode store throughput: what `store` sustains, and what the control loop waits.
 
 For one 84x84 camera + proprioception and for three cameras, records episodes through
 `SessionStore` (writer thread, chunked fsynced .partial, atomic .h5 at finish) and through a naive
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_cli.
 import numpy as np
 
 from benchmarks._cli import run_script
-from collector.store import SessionStore
+from store import SessionStore
 
 
 def make_frames(n: int, size: int = 84, seed: int = 0) -> np.ndarray:

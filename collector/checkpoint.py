@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from collector.store import atomic_write_bytes
+from store import atomic_write_bytes
 
 MAGIC = b"\x89PLXCKPT"
 VERSION = 1

@@ -44,7 +44,11 @@ from collector.checkpoint import (
 from collector.config import SessionConfig, dump_session_config
 from collector.control import AddressUnavailable, ControlServer
 from collector.explorers import Explorer, ExplorerSpec, make_explorer
-from collector.store import (
+from robot_drivers import ActionSpace, DriverFault, RobotState, create_driver
+from robot_drivers.safe_driver import SafeDriver
+from safety import ResetPlanningError, SafetyEvent, ViolationMonitor, Watchdog, contact_events
+from safety.types import INCIDENT_KINDS
+from store import (
     EpisodeRecorder,
     SessionLocked,
     SessionStore,
@@ -52,10 +56,6 @@ from collector.store import (
     atomic_write_bytes,
     read_manifest,
 )
-from robot_drivers import ActionSpace, DriverFault, RobotState, create_driver
-from robot_drivers.safe_driver import SafeDriver
-from safety import ResetPlanningError, SafetyEvent, ViolationMonitor, Watchdog, contact_events
-from safety.types import INCIDENT_KINDS
 
 CHECKPOINT_PATH = pathlib.Path("explorer") / "checkpoint.pt"
 """Explorer checkpoint inside the session directory (`collector.checkpoint`: no pickle, checksummed)."""

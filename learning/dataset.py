@@ -1,6 +1,6 @@
 """Offline datasets: transitions from the episode store, relabelled for a task, sampled on the device.
 
-Reading. Episodes come from `collector.store.iter_episodes` (damaged files are skipped with the
+Reading. Episodes come from `store.iter_episodes` (damaged files are skipped with the
 store's `DamagedEpisodeWarning`). Each episode of T steps holds the states s_0..s_{T-1} and the
 command a_t sent in s_t (after the safety filter: always 7 joint velocities, also in ``tip_delta``
 sessions). It gives the T - 1 transitions (s_t, a_t, r_{t+1}, s_{t+1}), t < T - 1: the last
@@ -59,12 +59,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from collector.datatools import read_session_yaml
-from collector.store import Episode, atomic_write_text, find_sessions, iter_episodes, read_manifest
 from learning.algorithms.base import ObservationSpec
 from learning.relabel import PRIVILEGED_KEYS, check_privileged, relabel
 from safety.reset import DEFAULT_HOME_Q
 from sim.tasks import Task, make_task
+from store import Episode, atomic_write_text, find_sessions, iter_episodes, read_manifest, read_session_yaml
 
 OBS_KINDS = ("proprio", "proprio+object", "image")
 VECTOR_KEYS = {

@@ -18,7 +18,7 @@ This module also holds what the learned explorers share (`gcrnd` builds on it):
   defaults, which 003 used ("we used the TD3 implementation in RL Coach"): batch 100, gamma 0.99,
   tau 0.005, target policy noise 0.2 clipped at 0.5, actor and targets updated every 2nd critic
   update, twin critics on one shared conv embedder (Coach: one input embedder, two streams).
-  The TD3 maths are `learning.nets`' ``td3_*`` functions, shared with the offline TD3+BC.
+  The TD3 maths are `nets`' ``td3_*`` functions, shared with the offline TD3+BC.
 - `EpisodeReplay`: the store is the replay buffer (DESIGN.md).  Each `train(store)` registers the
   finished episodes the manifest lists that it has not seen; their arrays are read lazily, on
   first use, and cached by store index (optionally LRU-bounded, `max_cached_episodes`).  After a
@@ -80,8 +80,7 @@ from pydantic import Field
 from torch import nn
 
 from collector.explorers.base import Explorer, ExplorerConfig, ExplorerSpec
-from collector.store import DamagedEpisodeError, EpisodeInfo, open_episode, read_manifest
-from learning.nets import (
+from nets import (
     DQN_CONV_LAYERS,
     ConvEncoder,
     DeterministicActor,
@@ -94,6 +93,7 @@ from learning.nets import (
     td3_policy_q,
     td3_target,
 )
+from store import DamagedEpisodeError, EpisodeInfo, open_episode, read_manifest
 
 ConvLayers = tuple[tuple[int, int, int], ...]
 

@@ -51,7 +51,7 @@ and quaternion, 21 values) are normalised to [-1, 1] by the spec's bounds (joint
 caps, workspace box) rather than by running statistics: the bounds are known before the first
 step, fixed (a model trained on one scale never sees its inputs rescaled), and need no state.
 Image observations (*deviation*: 001 explored on proprioception only) are encoded by a DrQ-v2
-encoder and trunk (`learning.nets.DrQEncoder`, `nets.trunk`: LayerNorm + tanh, ``feature_dim``)
+encoder and trunk (`nets.DrQEncoder`, `nets.trunk`: LayerNorm + tanh, ``feature_dim``)
 into a latent in which the models, the termination head and the actor operate.  The encoder is
 **random and fixed** (random features, as in Burda et al.'s "Large-scale study of
 curiosity-driven learning"): training it through the forward models alone would collapse it (a
@@ -99,9 +99,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+import nets
 from collector.explorers.base import Explorer, ExplorerConfig, ExplorerSpec
-from collector.store import DamagedEpisodeError, DamagedEpisodeWarning, open_episode, read_manifest
-from learning import nets
+from store import DamagedEpisodeError, DamagedEpisodeWarning, open_episode, read_manifest
 
 PROPRIO_KEYS = ("obs/q", "obs/dq")
 OBJECT_KEYS = ("privileged/cube_pos", "privileged/cube_quat")

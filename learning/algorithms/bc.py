@@ -20,7 +20,7 @@ from pydantic import Field
 from torch import nn
 
 from learning.algorithms.base import Algorithm, AlgorithmConfig, ObservationSpec
-from learning.nets import DeterministicActor, DrQEncoder, Normalizer, orthogonal_init, random_shift
+from nets import DeterministicActor, DrQEncoder, Normalizer, orthogonal_init, random_shift
 
 
 class BCConfig(AlgorithmConfig):

@@ -24,7 +24,7 @@ from pydantic import Field
 from torch import nn
 
 from learning.algorithms.base import Algorithm, AlgorithmConfig, ObservationSpec
-from learning.nets import Normalizer, TwinQ, frozen, gaussian_kl, mlp, soft_update
+from nets import Normalizer, TwinQ, frozen, gaussian_kl, mlp, soft_update
 
 
 class BCQConfig(AlgorithmConfig):

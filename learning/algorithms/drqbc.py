@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from learning.algorithms.base import Algorithm, AlgorithmConfig, ObservationSpec
-from learning.nets import (
+from nets import (
     DeterministicActor,
     DrQEncoder,
     TwinQ,
@@ -38,7 +38,7 @@ from learning.nets import (
     soft_update,
     td3_critic_loss,
 )
-from learning.nets import straight_through_clamp as clamp_st
+from nets import straight_through_clamp as clamp_st
 
 
 class DrQBCConfig(AlgorithmConfig):

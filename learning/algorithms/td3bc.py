@@ -5,7 +5,7 @@ eq. 2): TD3 whose actor loss adds a behaviour-cloning term,
 Same computation as the authors' TD3_BC.py, made faster: data stays on the device, the critic's
 weight gradients are not computed for the actor loss (the original computes and discards them),
 Adam is the fused kernel and the target update one fused lerp.  The TD3 maths (target policy
-smoothing, clipped double-Q target, critic loss, delayed actor update) are `learning.nets`'
+smoothing, clipped double-Q target, critic loss, delayed actor update) are `nets`'
 `td3_*` functions, shared with the collector's learned explorers.
 """
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from learning.algorithms.base import Algorithm, AlgorithmConfig, ObservationSpec
-from learning.nets import (
+from nets import (
     DeterministicActor,
     Normalizer,
     TwinQ,

@@ -134,7 +134,7 @@ def test_telemetry_reaches_a_subscriber(server):
 
 @pytest.mark.parametrize("command", ["status", "watch", "pause", "resume", "stop", "estop"])
 def test_every_ctl_command_has_its_own_help_saying_what_it_does(command, capsys):
-    from collector.cli import CTL_COMMANDS, build_parser
+    from pandalab.cli import CTL_COMMANDS, build_parser
 
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["ctl", command, "--help"])

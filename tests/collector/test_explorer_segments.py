@@ -1,6 +1,6 @@
 """The learned explorers' replay never builds a transition across missing steps.
 
-A `.partial` damaged in its middle is salvaged (collector/store) into an episode whose steps
+A `.partial` damaged in its middle is salvaged (store) into an episode whose steps
 10..19 are missing: rows 0..9 hold steps 0..9 and rows 10..29 steps 20..39
 (`Episode.segments()` = [(0, 10), (10, 30)]).  Each recorded observation encodes its own episode
 (q[0] = index / 10) and original step number (q[1] = step / 100), so every (s_t, s_t+1) pair the
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from collector.explorers import ExplorerSpec, make_explorer
-from collector.store import SessionStore, iter_episodes, scan_partial
+from store import SessionStore, iter_episodes, scan_partial
 
 STEPS = 12
 GAPPED_STEPS = 40  # recorded; 30 held after the salvage

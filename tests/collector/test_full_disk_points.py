@@ -3,7 +3,7 @@ reason in `ctl status`, and after `resume` (space freed) it goes on, losing noth
 
 The collector runs in this process on the real PyBullet simulator, with its real control socket
 and real files; only the disk's answer is injected: every write of the store goes through
-`collector.store._format.write_all` (the store's documented fault-injection point), which here
+`store._format.write_all` (the store's documented fault-injection point), which here
 refuses with ENOSPC while the test says the disk is full, for the files of one kind.  The real
 full filesystem is exercised in tests/e2e/test_full_disk.py (a small tmpfs).
 """
@@ -16,11 +16,11 @@ import threading
 
 import pytest
 
-import collector.store._format as store_format
+import store._format as store_format
 from collector.config import parse_session_config
 from collector.control import send_request
 from collector.session import Collector
-from collector.store import read_events, read_manifest, verify_session
+from store import read_events, read_manifest, verify_session
 from tests.e2e.conftest import wait_for
 
 POINTS = {

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from collector.explorers import ExplorerSpec, make_explorer
 from collector.explorers.gcrnd import GCRNDConfig, relabel_future_goals
 from collector.explorers.rnd import RND, LearnedExplorerConfig
-from collector.store import SessionStore, iter_episodes
+from store import SessionStore, iter_episodes
 
 STEPS = 12
 IMAGE = (16, 16, 3)

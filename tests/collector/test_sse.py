@@ -12,7 +12,7 @@ import torch
 
 from collector.explorers import ExplorerSpec, make_explorer
 from collector.explorers.sse import SelfSupervisedExploration, disagreement
-from collector.store import SessionStore, read_events, read_manifest
+from store import SessionStore, read_events, read_manifest
 from tests.e2e.conftest import pandalab, write_config
 
 TINY = {"hidden": [32, 32], "batch_size": 16, "horizon": 4, "updates_per_episode": 5}

@@ -39,7 +39,7 @@ def write_config(tmp_path: pathlib.Path, **overrides) -> pathlib.Path:
 def pandalab(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "collector.cli", *args],
+        [sys.executable, "-m", "pandalab", *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pickle
 
 from collector.checkpoint import load_explorer_checkpoint
-from collector.store import read_events, read_manifest
+from store import read_events, read_manifest
 from tests.e2e.conftest import pandalab, write_config
 
 

@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from collector.control import MAX_REQUEST_BYTES, send_request
-from collector.store import iter_episodes, read_events, read_manifest, verify_session
+from store import iter_episodes, read_events, read_manifest, verify_session
 from tests.e2e.conftest import pandalab, wait_for, wait_until_answering, write_config
 
 

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from collector.control import send_request
-from collector.store import read_events, read_manifest, verify_session
+from store import read_events, read_manifest, verify_session
 from tests.e2e.conftest import pandalab, wait_for, wait_until_answering, write_config
 
 TMPFS_BYTES = 6 << 20

@@ -12,7 +12,7 @@ import pytest
 
 from collector.checkpoint import load_explorer_checkpoint
 from collector.control import send_request
-from collector.store import iter_episodes, read_events, read_manifest
+from store import iter_episodes, read_events, read_manifest
 from tests.e2e.conftest import pandalab, wait_for, wait_until_answering, write_config
 
 TINY = {

@@ -7,7 +7,7 @@ import signal
 import time
 
 from collector.control import send_request, subscribe_telemetry
-from collector.store import read_manifest
+from store import read_manifest
 from tests.e2e.conftest import pandalab, wait_for, wait_until_answering, write_config
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from collector.store import SessionStore
 from safety.reset import DEFAULT_HOME_Q
+from store import SessionStore
 
 HOME_Q = DEFAULT_HOME_Q.tolist()
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from learning import nets
+import nets
 from learning.algorithms import ALGORITHMS, ObservationSpec, algorithm_from_state, make_algorithm, make_config
 
 OBS_DIM, ACTION_DIM = 5, 2

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from collector.store import DamagedEpisodeWarning
 from learning.dataset import DatasetError, OfflineDataset
 from learning.relabel import PrivilegedStateMissing
 from sim.tasks import make_task
+from store import DamagedEpisodeWarning
 
 from .helpers import write_session
 
@@ -201,9 +201,9 @@ def test_default_reward_scale_spreads_episode_returns_over_a_thousand():
 
 
 def test_a_salvaged_episode_with_missing_steps_gives_no_transition_across_the_gap(tmp_path):
-    """A `.partial` damaged in its middle is salvaged with steps 10..19 missing (collector/store):
+    """A `.partial` damaged in its middle is salvaged with steps 10..19 missing (store):
     the dataset treats steps 0..9 and 20..39 as two runs, never pairing s_9 with s_20."""
-    from collector.store import SessionStore, scan_partial
+    from store import SessionStore, scan_partial
 
     from .helpers import HOME_Q, session_yaml
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.cli import main as pandalab
 from learning.dataset import DamagedSessionError, DatasetError, DatasetWarning, OfflineDataset, read_session_info
+from pandalab.cli import main as pandalab
 
 from .helpers import write_session
 
@@ -66,7 +66,7 @@ def test_only_damaged_sessions_is_a_clear_error(tmp_path):
 def test_pandalab_train_refuses_a_lone_damaged_session_in_one_line(tmp_path):
     bad = write_session(tmp_path / "data", "bad", [7])
     (bad / "session.yaml").write_text("robot: {backend: [pybullet\n")
-    command = [sys.executable, "-m", "collector.cli", "train", "--data", str(bad), "--updates", "5"]
+    command = [sys.executable, "-m", "pandalab", "train", "--data", str(bad), "--updates", "5"]
     command += ["--eval-episodes", "0", "--no-progress", "--threads", "1", "--out", str(tmp_path / "run")]
     result = subprocess.run(command, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr

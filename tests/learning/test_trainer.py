@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from collector.cli import main as pandalab
 from learning.trainer import TrainConfig, TrainError, load_checkpoint, summary_text, train
+from pandalab.cli import main as pandalab
 
 from .helpers import write_session
 
@@ -78,7 +78,7 @@ def test_sigkill_mid_run_then_rerun_gives_the_uninterrupted_parameters(session, 
     cmd = [
         sys.executable,
         "-m",
-        "collector.cli",
+        "pandalab.cli",
         "train",
         "--data",
         str(session),
@@ -127,7 +127,7 @@ def test_ctrl_c_prints_one_line_with_the_last_checkpoint_and_the_command_that_re
     args += ["--updates", "1000000", "--checkpoint-every", "50", "--eval-episodes", "0", "--out", str(out)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collector.cli", *args], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "pandalab", *args], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -224,7 +224,7 @@ def test_mismatched_checkpoints_and_bad_data_fail_at_once(session, tmp_path, cap
 
 def test_collecting_never_loads_the_trainer():
     code = (
-        "import sys, collector.cli as c; c.build_parser().parse_args(['collect', '--config', 'x']); "
+        "import sys, pandalab.cli as c; c.build_parser().parse_args(['collect', '--config', 'x']); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'learning'))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

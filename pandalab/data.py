@@ -1,7 +1,7 @@
 """`pandalab data info|verify|video|coverage`: summarise, check, render and plot recorded sessions.
 
 Every command takes session directories or data roots holding several sessions
-(`collector.store.find_sessions`), reads through the store's API, and skips a damaged episode with
+(`store.find_sessions`), reads through the store's API, and skips a damaged episode with
 a warning naming the file instead of crashing.  Damage is reported, never a traceback: `info`
 counts missing, damaged (by size), unlisted and partial episode files and a damaged session.yaml
 or explorer checkpoint per session; `verify` checks every byte (checksums, HDF5, schema), that
@@ -19,18 +19,19 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from collector.checkpoint import DamagedCheckpointError, check_explorer_checkpoint, load_explorer_checkpoint
-from collector.store import (
+from store import (
+    SESSION_YAML,
     DamagedEpisodeError,
     find_sessions,
     iter_episodes,
     open_episode,
     read_manifest,
+    read_session_yaml,
     verify_session,
 )
 
@@ -59,12 +60,10 @@ def _sessions(paths: Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
     return sessions
 
 
-SESSION_YAML = "session.yaml"
 CHECKPOINT = pathlib.Path("explorer") / "checkpoint.pt"
 """The explorer checkpoint inside a session (`collector.session.CHECKPOINT_PATH`)."""
 QUARANTINE = "quarantine"
 """Where the collector moves a damaged explorer checkpoint (`collector.checkpoint.quarantine_checkpoint`)."""
-MAX_SESSION_YAML_BYTES = 1 << 20
 WIDE = 10_000
 """Console width when the output is not a terminal (a file, a pipe): never cut a line."""
 
@@ -86,39 +85,6 @@ def _directory_bytes(path: pathlib.Path) -> int:
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
-
-
-def read_session_yaml(session: pathlib.Path) -> tuple[dict | None, str | None]:
-    """``(mapping, None)`` for a readable session.yaml, else ``(None, problem)``: missing, not
-    readable, not UTF-8, not valid YAML, or not a mapping (one line, without the file name)."""
-    path = pathlib.Path(session) / SESSION_YAML
-    try:
-        size = path.stat().st_size
-        if size > MAX_SESSION_YAML_BYTES:
-            return None, f"{size} bytes; a session.yaml is at most {MAX_SESSION_YAML_BYTES} bytes"
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        return None, "missing"
-    except OSError as error:
-        return None, f"cannot read: {error.strerror or error}"
-    except UnicodeDecodeError as error:
-        return None, f"not UTF-8 text (byte {error.start})"
-    except yaml.YAMLError as error:
-        return None, f"not valid YAML: {yaml_error_text(error)}"
-    except RecursionError:
-        return None, "nested too deeply"
-    if not isinstance(data, dict):
-        return None, f"not a mapping of settings (a YAML {type(data).__name__})"
-    return data, None
-
-
-def yaml_error_text(error: yaml.YAMLError) -> str:
-    """A YAML error in one line: what and where (line, column), without PyYAML's quoted excerpt."""
-    problem = getattr(error, "problem", None)
-    mark = getattr(error, "problem_mark", None)
-    if problem and mark is not None:
-        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
-    return _one_line(error)
 
 
 def _setting(config: dict | None, *keys: str):
@@ -324,7 +290,7 @@ def info(paths: Sequence[str | pathlib.Path], console: Console | None = None, as
         for problem in row["problems"]:
             console.print(f"[red]PROBLEM[/red] {escape(row['session'])}: {escape(problem)}")
     if total["sessions_with_problems"]:
-        from collector.cli import runnable
+        from pandalab.cli import runnable
 
         console.print(f"(sizes checked, not checksums: `{runnable()} data verify` reads every byte)")
     return rows
@@ -350,7 +316,7 @@ def _config_problem(session: pathlib.Path) -> str | None:
 def verify(paths: Sequence[str | pathlib.Path], console: Console | None = None) -> bool:
     """Checksums, schema and readability of every file; True when every session is clean.
 
-    Besides the episode files (`collector.store.verify_session`): session.yaml must be readable
+    Besides the episode files (`store.verify_session`): session.yaml must be readable
     YAML holding a mapping, and the explorer checkpoint, when there is one, must load
     (`collector.checkpoint.load_explorer_checkpoint`).  A session.yaml that parses but does not
     validate as this version's session config is reported (CONFIG) without failing: a config

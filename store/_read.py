@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from . import _format as F
 from ._format import DamagedEpisodeError, EpisodeInfo, FieldSpec
@@ -577,3 +578,40 @@ class StepsView:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+MAX_SESSION_YAML_BYTES = 1 << 20
+"""Largest session.yaml read, bytes (the collector refuses configs over 1 MB)."""
+
+
+def read_session_yaml(session: Path) -> tuple[dict | None, str | None]:
+    """``(mapping, None)`` for a readable session.yaml, else ``(None, problem)``: missing, not
+    readable, not UTF-8, not valid YAML, or not a mapping (one line, without the file name)."""
+    path = Path(session) / F.SESSION_YAML
+    try:
+        size = path.stat().st_size
+        if size > MAX_SESSION_YAML_BYTES:
+            return None, f"{size} bytes; a session.yaml is at most {MAX_SESSION_YAML_BYTES} bytes"
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as error:
+        return None, f"cannot read: {error.strerror or error}"
+    except UnicodeDecodeError as error:
+        return None, f"not UTF-8 text (byte {error.start})"
+    except yaml.YAMLError as error:
+        return None, f"not valid YAML: {yaml_error_text(error)}"
+    except RecursionError:
+        return None, "nested too deeply"
+    if not isinstance(data, dict):
+        return None, f"not a mapping of settings (a YAML {type(data).__name__})"
+    return data, None
+
+
+def yaml_error_text(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: what and where (line, column), without PyYAML's quoted excerpt."""
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(error).split())

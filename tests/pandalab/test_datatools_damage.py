@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from collector.checkpoint import save_explorer_checkpoint
-from collector.datatools import info, read_session_yaml, verify
 from collector.explorers import ExplorerSpec, make_explorer
-from tests.collector.test_datatools import _write_session
+from pandalab.data import info, verify
+from store import read_session_yaml
+from tests.pandalab.test_datatools import _write_session
 
 REPO = Path(__file__).resolve().parents[2]
 LONG_NAME = "2024-05-01_overnight-reach-joint-velocity-random-linear-pybullet-front-camera-84px-seed-12345"
@@ -37,7 +38,7 @@ def pandalab(*args: str) -> subprocess.CompletedProcess:
     """The real entry point, its stdout a pipe (not a terminal)."""
     env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
     return subprocess.run(
-        [sys.executable, "-m", "collector.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "pandalab", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
 
 

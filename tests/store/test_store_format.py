@@ -1,4 +1,4 @@
-"""Property tests of the episode store's formats (collector/store): round trips and torn partial files.
+"""Property tests of the episode store's formats (store): round trips and torn partial files.
 
 Real files in temporary directories throughout. The hypothesis tests that go through the whole
 recorder replace `os.fsync` by a no-op to stay fast (fsync costs ~4 ms here and proves nothing
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from collector.store import (
+from store import (
     SCHEMA_VERSION,
     SessionStore,
     load_partial,
@@ -24,7 +24,7 @@ from collector.store import (
     read_manifest,
     scan_partial,
 )
-from collector.store import _format as F
+from store import _format as F
 
 DTYPES = ["uint8", "int8", "int32", "int64", "uint16", "float32", "float64", "bool", "complex64"]
 

@@ -103,6 +103,7 @@ from ._format import (
     FINISH_OUTCOMES,
     OUTCOMES,
     SCHEMA_VERSION,
+    SESSION_YAML,
     DamagedEpisodeError,
     EpisodeInfo,
     FieldSpec,
@@ -129,7 +130,9 @@ from ._read import (
     open_episode,
     read_events,
     read_manifest,
+    read_session_yaml,
     verify_session,
+    yaml_error_text,
 )
 from ._session import EpisodeRecorder, RecoveryReport, SessionStore, StoreHealth
 
@@ -138,6 +141,7 @@ __all__ = [
     "FINISH_OUTCOMES",
     "OUTCOMES",
     "SCHEMA_VERSION",
+    "SESSION_YAML",
     "DamagedEpisodeError",
     "DamagedEpisodeWarning",
     "Episode",
@@ -165,6 +169,8 @@ __all__ = [
     "open_episode",
     "read_events",
     "read_manifest",
+    "read_session_yaml",
     "scan_partial",
     "verify_session",
+    "yaml_error_text",
 ]

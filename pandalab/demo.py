@@ -9,7 +9,7 @@
    over every logged tool-tip position, and the mean over episodes of each episode's closest), with
    the paths of the data, the curves and the checkpoints, and the time it all took.
 
-Every command it prints runs as printed from where it was started (`collector.cli.runnable`:
+Every command it prints runs as printed from where it was started (`pandalab.cli.runnable`:
 ``.venv/bin/pandalab`` in the repository root unless the venv is on PATH). Ctrl-C ends it with one
 line (exit 130): the collector is passed the Ctrl-C and finishes its episode first.
 """
@@ -62,12 +62,12 @@ def _wait_for_collector(process: subprocess.Popen, timeout_s: float = 60.0) -> N
 
 def collect(config_path: Path) -> Path:
     """Run the collector daemon on ``config_path``; return the session directory it recorded."""
-    from collector.cli import command_line
+    from pandalab.cli import command_line
 
     data = yaml.safe_load(config_path.read_text())
     root = Path(data.get("data_root", "data"))
     before = _sessions(root)
-    cmd = [sys.executable, "-m", "collector.cli", "collect", "--config", str(config_path)]
+    cmd = [sys.executable, "-m", "pandalab", "collect", "--config", str(config_path)]
     print(f"$ {command_line('pandalab', 'collect', '--config', config_path)}", flush=True)
     process = subprocess.Popen(cmd, process_group=0)  # Ctrl-C reaches it through `_wait_for_collector` only
     try:
@@ -135,8 +135,8 @@ def run_demo(
     updates: dict[str, int] | None = None,
     eval_episodes: int = DEMO_EVAL_EPISODES,
 ) -> dict[str, Any]:
-    from collector.cli import command_line
     from learning.trainer import TrainConfig, Trainer
+    from pandalab.cli import command_line
 
     started = time.monotonic()
     out = Path(out)

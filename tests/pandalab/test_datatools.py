@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
-from collector.cli import main
-from collector.datatools import DataToolError, coverage, info, verify, video
-from collector.store import SessionStore
+from pandalab.cli import main
+from pandalab.data import DataToolError, coverage, info, verify, video
+from store import SessionStore
 
 
 def _write_session(root, name="s1", episodes=2, steps=30, camera=True, cube=True):

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from collector.store import SessionStore
+from store import SessionStore
 
 
 def main() -> None:

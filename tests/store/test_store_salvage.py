@@ -1,5 +1,5 @@
 """Salvage of damaged `.partial` files (resync past damage) and the quarantine of evidence, and
-manifest entries that point outside their session (collector/store).
+manifest entries that point outside their session (store).
 
 The property test damages a real recorder's `.partial` at random (bit flips, overwritten and
 zeroed ranges, inserted garbage, truncation) and checks, against a layout of the file computed
@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_event
 from hypothesis import strategies as st
 
-from collector.store import (
+from store import (
     EpisodeInfo,
     ManifestWarning,
     SessionStore,
@@ -37,7 +37,7 @@ from collector.store import (
     scan_partial,
     verify_session,
 )
-from collector.store import _format as F
+from store import _format as F
 
 REC = struct.Struct("<4sBBHQI")
 

@@ -1,4 +1,4 @@
-"""A real kill -9: a child process records episodes (tests/collector/_store_child.py) and is SIGKILLed
+"""A real kill -9: a child process records episodes (tests/store/_store_child.py) and is SIGKILLed
 at random moments, six times; after each kill the session is re-opened (which salvages) and checked.
 
 Checked after every kill: the session verifies clean (every manifest episode opens and matches its
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from collector.store import SessionStore, iter_episodes, read_manifest, verify_session
+from store import SessionStore, iter_episodes, read_manifest, verify_session
 
 REPO = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("_store_child.py")

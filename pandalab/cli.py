@@ -136,7 +136,7 @@ def _detach(args: argparse.Namespace, config) -> int:
     start_offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "collector.cli", "collect", "--config", args.config]
+            [sys.executable, "-m", "pandalab", "collect", "--config", args.config]
             + (["--fresh-explorer"] if args.fresh_explorer else []),
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -290,7 +290,7 @@ def _add_data(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    from collector import datatools
+    from pandalab import data as datatools
 
     try:
         if args.data_command == "info":
@@ -372,7 +372,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from learning.trainer import main_train
+    from pandalab.train import main_train
 
     return main_train(args)
 
@@ -397,7 +397,7 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from learning.trainer import main_eval
+    from pandalab.train import main_eval
 
     return main_eval(args)
 
@@ -415,7 +415,7 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from learning.demo import main_demo
+    from pandalab.demo import main_demo
 
     return main_demo(args)
 

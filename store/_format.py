@@ -1,7 +1,7 @@
 """Low-level formats of the episode store: names, the framed `.partial` file, the episode HDF5 file.
 
 Nothing here knows about threads or sessions; `_session.py` (writing) and `_read.py` (reading)
-build on it. See the package docstring (`collector/store/__init__.py`) for the layout on disk and
+build on it. See the package docstring (`store/__init__.py`) for the layout on disk and
 the crash guarantees.
 """
 
@@ -664,7 +664,7 @@ def write_episode_h5(
     The chunks' steps are stored one after the other, in order. With `step_index_key` (a salvage
     whose `scan` has gaps) an int64 array of that key holds each step's original step number, and
     is listed in `fields` like the others."""
-    import h5py  # imported here so that `import collector.store` stays light
+    import h5py  # imported here so that `import store` stays light
 
     fields = list(scan.fields or [])
     steps = scan.steps

@@ -1,4 +1,4 @@
-"""Episode store (collector/store): sessions, resume, damaged files, back-pressure, write errors, reading."""
+"""Episode store (store): sessions, resume, damaged files, back-pressure, write errors, reading."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
-from collector.store import (
+from store import (
     DamagedEpisodeError,
     DamagedEpisodeWarning,
     SessionLocked,
@@ -34,7 +34,7 @@ from collector.store import (
     scan_partial,
     verify_session,
 )
-from collector.store import _format as F
+from store import _format as F
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,9 +77,9 @@ def open_store(root, **kw) -> SessionStore:
 
 
 def test_store_is_a_leaf_and_light():
-    """DESIGN.md: collector/store imports nothing of ours; importing it does not load h5py."""
+    """DESIGN.md: store imports nothing of ours; importing it does not load h5py."""
     code = (
-        "import sys, collector.store; "
+        "import sys, store; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('robot_drivers', 'sim', 'safety', 'learning', 'h5py')]; "
         "print(bad)"
     )
@@ -395,7 +395,7 @@ def test_free_space_floor_triggers_hold(tmp_path):
 
 
 def test_injected_write_error_is_surfaced_and_retried(tmp_path, monkeypatch):
-    """EIO injected by replacing the store's low-level write function (collector.store._format.write_all)
+    """EIO injected by replacing the store's low-level write function (store._format.write_all)
     while the writer thread appends chunks: append and finish raise StoreWriteError naming the
     .partial; every step is kept, and finish succeeds once writes work again."""
     real = F.write_all
