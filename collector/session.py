@@ -16,7 +16,8 @@ filter on hardware, teleported in simulation).
 Operator requests (ZMQ, `collector.control`) are answered once per step; SIGINT / SIGTERM act as
 ``stop`` (finish the episode, then exit) and a second SIGINT as an e-stop that ends the session
 (the arm stops at once and is not moved home).  The store asking to
-hold (disk nearly full, writer behind) stops the arm; nothing is dropped.
+hold (disk nearly full, writer behind) stops the arm; nothing is dropped.  What the loop is doing
+and why the arm is held is `collector.state.CollectorState` (``self.lifecycle``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from collector.checkpoint import (
 from collector.config import SessionConfig, dump_session_config
 from collector.control import AddressUnavailable, ControlServer
 from collector.explorers import Explorer, ExplorerSpec, make_explorer
+from collector.state import Activity, CollectorState, HoldKind
 from robot_drivers import ActionSpace, DriverFault, RobotState, create_driver
 from robot_drivers.safe_driver import SafeDriver
 from safety import ResetPlanningError, SafetyEvent, ViolationMonitor, Watchdog, contact_events
@@ -110,11 +112,8 @@ class Collector:
         self.install_signal_handlers = install_signal_handlers
         self.episode_steps = config.resolved_episode_steps
         self.realtime = config.resolved_realtime
-        self.state_name = "starting"
-        self.paused = False
-        self.hold_reason: str | None = None
-        self.stop_requested = False
-        self.estop_requested = False
+        self.lifecycle = CollectorState()
+        """Activity, hold, pause and the operator's stop requests (collector/state.py)."""
         self.steps = 0
         """Control steps recorded in finished episodes of this session (resumed runs included)."""
         self.episodes = 0
@@ -124,9 +123,7 @@ class Collector:
         """The last safety incident (a stop, a limit crossed, a contact), magnitudes rounded."""
         self.episode_interventions = 0
         """The filter's routine interventions in the current episode (clips, limits, clearances)."""
-        self._estopped = False
         self.started_at = time.monotonic()
-        self.needs_reset = True
         self._step_times: collections.deque[float] = collections.deque(maxlen=200)
         self._last_telemetry = 0.0
         self._sigint_count = 0
@@ -257,19 +254,9 @@ class Collector:
     # ---- operator requests ----------------------------------------------------------------------
     @property
     def state(self) -> str:
-        """The one state every report uses (`status`, telemetry, the panel, the log): ``held``
-        (``hold_reason`` says why) or ``paused`` while the arm is kept still for the operator,
-        else what the loop is doing: ``starting``, ``resetting``, ``running``, ``training``,
-        ``stopping`` (a stop was asked for: the episode is being finished), ``stopped``."""
-        if self.state_name in ("starting", "stopped"):
-            return self.state_name
-        if self.hold_reason:
-            return "held"
-        if self.paused:
-            return "paused"
-        if self.stop_requested and self.state_name == "running":
-            return "stopping"
-        return self.state_name
+        """The one state every report uses (`status`, telemetry, the panel, the log):
+        `CollectorState.name`."""
+        return self.lifecycle.name
 
     def step_rate_hz(self, now: float | None = None) -> float:
         """Control steps per second over the last `RATE_WINDOW_S` (falls to 0 when stepping stops)."""
@@ -289,8 +276,8 @@ class Collector:
             "session": self.session_id,
             "pid": os.getpid(),
             "state": self.state,
-            "paused": self.paused,
-            "hold_reason": self.hold_reason,
+            "paused": self.lifecycle.paused,
+            "hold_reason": self.lifecycle.hold_reason,
             "episode": self.episode_index,
             "episode_step": self.episode_step,
             "episode_steps": self.episode_steps,
@@ -306,7 +293,7 @@ class Collector:
             "last_incident": self.last_incident,
             "interventions": self.episode_interventions,
             "disk_free_gb": round(health.free_bytes / 1e9, 3) if health else None,
-            "stop_requested": self.stop_requested,
+            "stop_requested": self.lifecycle.stop_requested,
         }
 
     def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -314,16 +301,14 @@ class Collector:
         if command != "status":
             self.store.log_event("operator", command=command, reason=request.get("reason", ""), fsync=True)
         if command == "pause":
-            self.paused = True
+            self.lifecycle.pause()
         elif command == "resume":
-            self.paused = False
-            self.hold_reason = None
-            self._estopped = False
+            self.lifecycle.resume()
             self.monitor.release()
         elif command == "stop":
-            self.stop_requested = True
+            self.lifecycle.request_stop()
         elif command == "estop":
-            self.estop_requested = True
+            self.lifecycle.request_estop()
             self._estop_now()
         return self.status()
 
@@ -334,11 +319,7 @@ class Collector:
         leaving the arm where it stopped: it is not moved home afterwards."""
         with contextlib.suppress(DriverFault):
             self.safe.stop()
-        self._estopped = True
-        if self.stop_requested:
-            return
-        self.paused = True
-        self.hold_reason = "e-stop: send resume to continue"
+        self.lifecycle.estop_done()
 
     def _poll(self, force_telemetry: bool = False) -> None:
         self.control.poll(self.handle_request)
@@ -354,9 +335,9 @@ class Collector:
         if signum == signal.SIGINT:
             self._sigint_count += 1
             if self._sigint_count >= 2:
-                self.estop_requested = True
+                self.lifecycle.request_estop()
                 return
-        self.stop_requested = True
+        self.lifecycle.request_stop()
 
     # ---- the session ------------------------------------------------------------------------------
     def stop_condition_met(self) -> bool:
@@ -383,28 +364,29 @@ class Collector:
 
     def _loop(self) -> int:
         faults = 0
-        self.needs_reset = True  # a (re)started collector never continues into a moving arm
-        while not (self.stop_requested or self.stop_condition_met()):
+        lifecycle = self.lifecycle
+        lifecycle.needs_reset = True  # a (re)started collector never continues into a moving arm
+        while not (lifecycle.stop_requested or self.stop_condition_met()):
             if not self._wait_while_held():
                 break
             try:
-                if self.needs_reset:
+                if lifecycle.needs_reset:
                     self._recover_arm()
-                    if self.hold_reason:
+                    if lifecycle.hold is not None:
                         continue
                 result = self.run_episode()
                 faults = 0 if result.outcome != "fault" else faults + 1
             except DriverFault as fault:
                 faults += 1
-                self.needs_reset = True
+                lifecycle.needs_reset = True
                 self.store.log_event("driver_fault", reason=fault.reason.value, message=fault.message, fsync=True)
             if faults >= MAX_CONSECUTIVE_FAULTS:
                 self.store.log_event("giving_up", faults=faults, fsync=True)
                 return 1
-        if self.needs_reset and not (self._estopped or self.estop_requested):
+        if lifecycle.needs_reset and not (lifecycle.estopped or lifecycle.estop_requested):
             with contextlib.suppress(DriverFault):
                 self._recover_arm()  # leave the arm at home, at rest (never after an e-stop)
-        self.state_name = "stopped"
+        lifecycle.enter(Activity.stopped)
         self.store.log_event("session_stop", episodes=self.episodes, steps=self.steps, fsync=True)
         self._poll(force_telemetry=True)
         return 0
@@ -414,14 +396,16 @@ class Collector:
 
         When no safe path home can be planned (a folded pose the planner refuses), the arm stays
         stopped and the collector holds for the operator to guide it back by hand."""
-        self.state_name = "resetting"
+        self.lifecycle.enter(Activity.resetting)
         self.safe.stop()
         try:
             self.safe.reset(np.array(self.config.home_q), planned=not self.config.simulated)
-            self.needs_reset = False
+            self.lifecycle.needs_reset = False
         except ResetPlanningError as error:
             self.safe.stop()
-            self.hold_reason = f"no safe reset path ({error}): guide the arm near home by hand, then resume"
+            self.lifecycle.hold_for(
+                HoldKind.reset, f"no safe reset path ({error}): guide the arm near home by hand, then resume"
+            )
             self.store.log_event("reset_refused", message=str(error), fsync=True)
 
     def _wait_while_held(self, recorder: EpisodeRecorder | None = None) -> bool:
@@ -430,18 +414,18 @@ class Collector:
         A hold for free space (``store:``) clears by itself once space is back; a failed write
         (``disk:``) needs the operator's ``resume``, after which the writes are retried (the
         episode's unwritten steps, held events) and the hold comes back if they fail again."""
-        stopped = False
+        stopped, lifecycle = False, self.lifecycle
         while True:
-            while self.paused or self.hold_reason:
+            while lifecycle.keeps_arm_still:
                 if not stopped:
                     with contextlib.suppress(DriverFault):
                         self.safe.stop()
                     stopped = True
                 self._poll()
-                if self.stop_requested:
+                if lifecycle.stop_requested:
                     return False
-                if self.hold_reason and self.hold_reason.startswith("store:") and not self.store.health().hold:
-                    self.hold_reason = None  # the writer caught up / space was freed
+                # a store hold clears once the writer caught up / space was freed
+                lifecycle.clear_hold_if_recovered(lambda: not self.store.health().hold)
                 time.sleep(0.02)
             failed = self._retry_writes(recorder)
             if failed is None:
@@ -473,8 +457,10 @@ class Collector:
         with contextlib.suppress(DriverFault):
             self.safe.stop()
         why = getattr(error, "strerror", None) or str(error)
-        self.hold_reason = f"disk: {what} failed: {why}; free space on {self.config.data_root}, then resume"
-        self.store.log_event("store_error", reason=self.hold_reason, fsync=True)
+        hold = self.lifecycle.hold_for(
+            HoldKind.disk, f"{what} failed: {why}; free space on {self.config.data_root}, then resume"
+        )
+        self.store.log_event("store_error", reason=hold.reason, fsync=True)
 
     def run_episode(self) -> EpisodeResult:
         """Record one episode, then let the explorer learn and reset the arm."""
@@ -490,7 +476,7 @@ class Collector:
             return EpisodeResult(-1, 0, "not_started")
         self.episode_index, self.episode_step = recorder.index, 0
         self.episode_interventions = 0
-        self.state_name = "running"
+        self.lifecycle.enter(Activity.running)
         observations, loop_periods, counts = [], [], collections.Counter()
         missed_deadlines, outcome = 0, "complete"
         period = 1.0 / self.config.control_rate_hz
@@ -505,12 +491,11 @@ class Collector:
                 previous_start = started
                 self._step_times.append(started)
                 self._poll()
-                if self.estop_requested:
+                if self.lifecycle.take_estop_request():
                     outcome = "operator_stop"
-                    self.estop_requested = False
                     self._estop_now()
                     break
-                if self.paused or self.hold_reason or self._writes_pending(recorder):
+                if self.lifecycle.keeps_arm_still or self._writes_pending(recorder):
                     if not self._wait_while_held(recorder):
                         outcome = "operator_stop"  # stopped while paused: the episode ends here
                         break
@@ -533,8 +518,8 @@ class Collector:
                         )
                     else:
                         self.safe.stop()
-                        self.hold_reason = "store: " + health.reason
-                        self.store.log_event("store_hold", reason=self.hold_reason, fsync=True)
+                        hold = self.lifecycle.hold_for(HoldKind.store, health.reason)
+                        self.store.log_event("store_hold", reason=hold.reason, fsync=True)
                 self._count_events(events, counts)
                 self.episode_step = step + 1
                 state = safe.read_state()
@@ -544,7 +529,8 @@ class Collector:
                     self._count_events(list(verdict.events) + collisions, counts, log_all=True)
                     outcome = "safety_stop"
                     if verdict.action == "hold":
-                        self.hold_reason = "repeated safety violations: inspect the arm, then resume"
+                        why = "repeated safety violations: inspect the arm, then resume"
+                        self.lifecycle.hold_for(HoldKind.safety, why)
                     break
                 if self.realtime:
                     delay = next_deadline - time.monotonic()
@@ -604,12 +590,12 @@ class Collector:
         finished, info = self._finish(recorder, outcome, {"timing": timing, "safety_event_counts": dict(counts)})
         if not finished:  # stopped while the disk was full: the .partial is salvaged by the next start
             recorder.abandon()
-            self.needs_reset = True
+            self.lifecycle.needs_reset = True
             return EpisodeResult(index, steps, "unfinished")
         if info is not None:
             self.episodes += 1
             self.steps += steps
-        self.state_name = "training"
+        self.lifecycle.enter(Activity.training)
         self.safe.stop()  # the arm is held still while the explorer trains
         self.explorer.on_episode_end(np.array(observations))
         started = time.monotonic()
@@ -619,7 +605,7 @@ class Collector:
         self.store.log_event(
             "episode_end", episode=index, steps=steps, outcome=outcome, train_s=round(train_s, 4), **stats
         )
-        self.needs_reset = True
+        self.lifecycle.needs_reset = True
         return EpisodeResult(index, steps, outcome)
 
     def _finish(self, recorder: EpisodeRecorder, outcome: str, metadata: dict) -> tuple[bool, Any]:

@@ -89,7 +89,7 @@ def test_enospc_at_each_write_point_holds_and_resumes(tmp_path, monkeypatch, poi
         assert not thread.is_alive(), "the collector did not finish after resume"
     finally:
         if thread.is_alive():
-            collector.stop_requested = True
+            collector.lifecycle.request_stop()
             thread.join(timeout=60)
     assert result["code"] == 0
     session = tmp_path / "data" / "full"
