@@ -198,7 +198,8 @@ def main() -> int:
 
     import torch
 
-    from learning.trainer import TrainConfig, train
+    from learning.train_config import TrainConfig
+    from learning.trainer import train
 
     budget = BUDGETS[args.budget]
     cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")

@@ -13,6 +13,10 @@ times. Measures per episode (seed 001 Table 1): return (sum of the task's reward
 reached), success (the task's predicate held at some step: reach is not terminal here) and at the
 end, and for tasks with a distance (reach: tool tip to goal; push: cube to region) the final and
 the CLOSEST distance over the episode (including its first state).
+
+A checkpoint (`evaluate_checkpoint`, `pandalab eval`) is scored on the robot its data came from,
+rebuilt from the env spec saved in it. Of a run's evaluations, "best" is the one with the highest
+success rate, then the smallest mean closest distance, then the highest return (`is_better`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import numpy as np
 import torch
 
 from learning.algorithms.base import Algorithm
+from learning.checkpoint import load_checkpoint, obs_spec_from_checkpoint
+from learning.train_config import TrainError, build_algorithm, resolve_device
 
 SIMULATED = ("robosuite", "pybullet")
 VIDEO_CAMERA = {"name": "front", "width": 320, "height": 240}
@@ -233,3 +239,99 @@ def write_video(path: str | Path, frames: list[np.ndarray], fps: float = 20.0) -
     finally:
         writer.release()
     return path
+
+
+def is_better(a: dict[str, Any], b: dict[str, Any] | None) -> bool:
+    """Is evaluation a better than b (success rate, then closest distance, then return)?"""
+    if b is None:
+        return True
+    key = lambda e: (e["success_rate"], -e.get("closest_distance_mean_m", 0.0), e["return_mean"])  # noqa: E731
+    return key(a) > key(b)
+
+
+def policy_from_checkpoint(ckpt: dict[str, Any], device: torch.device):
+    """The policy of a checkpoint (`load_checkpoint`), on ``device``."""
+    algo = build_algorithm(
+        ckpt["algo"], ckpt["algo_config"], obs_spec_from_checkpoint(ckpt), ckpt["action_dim"], device
+    )
+    algo.load_state_dict(ckpt["algorithm"])
+    return Policy(algo, ckpt["obs"], np.asarray(ckpt["action_limit"]), ckpt["camera"], ckpt["frame_stack"])
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    *,
+    episodes: int = 10,
+    steps: int | None = None,
+    video: str | Path | None = None,
+    device: str = "auto",
+    expect_algo: str | None = None,
+    expect_obs: str | None = None,
+    backend: str | None = None,
+    seed: int = 0,
+    home_noise_rad: float | None = None,
+    on_episode=None,
+    say=None,
+) -> dict[str, Any]:
+    """Score a checkpoint on the robot its data came from (the env spec saved in the checkpoint).
+    ``on_episode(i, n, episode)`` is called after each episode, ``say(text)`` at each stage."""
+    say = say or (lambda text: None)
+    ckpt = load_checkpoint(path)
+    for what, want, have in (("algorithm", expect_algo, ckpt["algo"]), ("observation kind", expect_obs, ckpt["obs"])):
+        if want is not None and want != have:
+            raise TrainError(f"checkpoint {ckpt['path']} is a {have} {what} checkpoint, not {want}")
+    dev = resolve_device(device)
+    policy = policy_from_checkpoint(ckpt, dev)
+    env_spec = ckpt["env_spec"]
+    config = ckpt["config"]
+    extra, video_camera = (), None
+    if video is not None:
+        names = [c["name"] for c in env_spec.get("cameras", [])]
+        if names:
+            video_camera = names[0]
+        else:
+            extra, video_camera = (VIDEO_CAMERA,), VIDEO_CAMERA["name"]
+    episode_steps = steps or ckpt["eval_steps"]
+    backend = (
+        backend
+        or config.get("eval_backend")
+        or (env_spec["backend"] if env_spec["backend"] in SIMULATED else "robosuite")
+    )
+    say(
+        f"evaluating {ckpt['path']} ({ckpt['algo']}, {ckpt['obs']}, {ckpt['task']}, update {ckpt['step']}) "
+        f"in {backend} on {dev}: {episodes} episodes x {episode_steps} steps"
+        + (f", video of the first to {video}" if video is not None else "")
+    )
+    env = make_env(
+        env_spec,
+        ckpt["task"],
+        episode_steps,
+        backend=backend,
+        seed=seed,
+        extra_cameras=extra,
+    )
+    try:
+        result = evaluate(
+            env,
+            policy,
+            env_spec,
+            episodes,
+            home_noise_rad=config.get("eval_home_noise_rad", 0.05) if home_noise_rad is None else home_noise_rad,
+            seed=seed,
+            video_path=video,
+            video_camera=video_camera,
+            on_episode=on_episode,
+        )
+    finally:
+        env.close()
+    result = {
+        "checkpoint": ckpt["path"],
+        "algo": ckpt["algo"],
+        "obs": ckpt["obs"],
+        "task": ckpt["task"],
+        "step": ckpt["step"],
+        **result,
+    }
+    if video is not None:
+        result["video"] = str(video)
+    return result

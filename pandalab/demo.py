@@ -135,7 +135,8 @@ def run_demo(
     updates: dict[str, int] | None = None,
     eval_episodes: int = DEMO_EVAL_EPISODES,
 ) -> dict[str, Any]:
-    from learning.trainer import TrainConfig, Trainer
+    from learning.train_config import TrainConfig
+    from learning.trainer import Trainer
     from pandalab.cli import command_line
 
     started = time.monotonic()

@@ -11,7 +11,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from learning.trainer import TrainConfig, Trainer, TrainError, evaluate_checkpoint, summary_text
+from learning.evaluate import evaluate_checkpoint
+from learning.progress import summary_text
+from learning.train_config import TrainConfig, TrainError
+from learning.trainer import Trainer
 from pandalab.cli import command_line
 from safety.strict_model import validation_problems
 from store import atomic_write_text

@@ -194,7 +194,7 @@ def test_clear_errors(tmp_path):
 
 
 def test_default_reward_scale_spreads_episode_returns_over_a_thousand():
-    from learning.trainer import default_reward_scale
+    from learning.train_config import default_reward_scale
 
     assert default_reward_scale(np.array([-80.0, -30.0, -55.0])) == pytest.approx(20.0)
     assert default_reward_scale(np.array([-42.0])) == 1.0  # no spread: rewards left as they are

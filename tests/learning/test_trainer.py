@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from learning.trainer import TrainConfig, TrainError, load_checkpoint, summary_text, train
+from learning.checkpoint import load_checkpoint
+from learning.progress import summary_text
+from learning.train_config import TrainConfig, TrainError
+from learning.trainer import train
 from pandalab.cli import main as pandalab
 
 from .helpers import write_session
