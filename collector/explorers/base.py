@@ -54,6 +54,11 @@ class ExplorerSpec:
         return np.clip((np.asarray(observation, dtype=np.float64) - centre) / half_range, -1.0, 1.0)
 
 
+def images_chw(images: np.ndarray) -> np.ndarray:
+    """Image observations (B, H, W, 3) -> (B, 3, H, W), the layout of the conv networks."""
+    return np.ascontiguousarray(np.moveaxis(np.asarray(images), -1, 1))
+
+
 class ExplorerConfig(StrictModel):
     """Base of every explorer's configuration (unknown keys refused, numbers finite)."""
 

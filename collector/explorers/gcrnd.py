@@ -41,7 +41,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from collector.explorers.rnd import LearnedExplorerConfig, TD3Explorer, _images_chw
+from collector.explorers.base import images_chw
+from collector.explorers.rnd import LearnedExplorerConfig, TD3Explorer
 
 
 class GCRNDConfig(LearnedExplorerConfig):
@@ -137,7 +138,7 @@ class GoalConditionedRND(TD3Explorer):
     def _policy_input(self, observation: np.ndarray) -> torch.Tensor:
         goal = self.goal["obs"]
         if self.kind == "image":
-            return torch.from_numpy(np.concatenate([_images_chw(observation[None]), _images_chw(goal[None])], axis=1))
+            return torch.from_numpy(np.concatenate([images_chw(observation[None]), images_chw(goal[None])], axis=1))
         pair = np.stack([np.asarray(observation), goal])
         return torch.from_numpy(self._vector(pair).reshape(1, -1))
 
@@ -168,7 +169,7 @@ class GoalConditionedRND(TD3Explorer):
 
     def _pair(self, obs: np.ndarray, goal: np.ndarray) -> torch.Tensor:
         if self.kind == "image":
-            return torch.from_numpy(np.concatenate([_images_chw(obs), _images_chw(goal)], axis=1))
+            return torch.from_numpy(np.concatenate([images_chw(obs), images_chw(goal)], axis=1))
         return torch.from_numpy(np.concatenate([self._vector(obs), self._vector(goal)], axis=1))
 
     def _batch(self, n: int) -> dict[str, torch.Tensor] | None:

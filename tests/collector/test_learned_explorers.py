@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from collector.explorers import ExplorerSpec, make_explorer
 from collector.explorers.gcrnd import GCRNDConfig, relabel_future_goals
-from collector.explorers.rnd import RND, LearnedExplorerConfig
+from collector.explorers.rnd import LearnedExplorerConfig
+from collector.explorers.rnd_bonus import RND
 from store import SessionStore, iter_episodes
 
 STEPS = 12
