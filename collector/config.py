@@ -19,8 +19,12 @@ from robot_drivers import ActionSpace, backend_names, driver_class
 from safety.limits import SafetyLimits
 from safety.reset import DEFAULT_HOME_Q as SAFETY_HOME_Q
 from safety.strict_model import ConfigTooLarge, StrictModel, non_finite_paths, validation_problems
+from store.spec import SessionSpec
 
 SIMULATED_BACKENDS = ("robosuite", "pybullet")
+"""Backends that are simulators (privileged state, no real-time pacing by default)."""
+SESSION_OWNED_OPTIONS = frozenset({"action_space", "control_rate_hz", "seed", "backend"})
+"""Backend options set from the session's own fields, never in robot.options."""
 DEFAULT_HOME_Q = tuple(float(x) for x in SAFETY_HOME_Q)
 """Home joint configuration, rad (`safety.reset.DEFAULT_HOME_Q`, as a tuple for the config field)."""
 DEFAULT_EPISODE_STEPS = {ActionSpace.joint_velocity: 1000, ActionSpace.tip_delta: 200}
@@ -159,6 +163,39 @@ class SessionConfig(_Strict):
             options |= {"backend": self.robot.backend, "seed": self.seed}
         return {**self.robot.options, **options}
 
+    def resolved_robot_options(self) -> dict[str, Any]:
+        """``robot.options`` through the backend's typed options model (its ``config_class``):
+        every default filled in, without the session-wide fields (`driver_options` adds those)."""
+        config_class = getattr(driver_class(self.robot.backend), "config_class", None)
+        if config_class is None:
+            return dict(self.robot.options)
+        options = self.driver_options() | {"action_space": ActionSpace.joint_velocity.value}
+        resolved = config_class(**options).model_dump(mode="json")
+        return {k: v for k, v in resolved.items() if k not in SESSION_OWNED_OPTIONS}
+
+    def resolved(self, session_id: str) -> SessionConfig:
+        """This config as the session records it: its id and the backend's resolved options."""
+        robot = self.robot.model_copy(update={"options": self.resolved_robot_options()})
+        return self.model_copy(update={"session_id": session_id, "robot": robot})
+
+    def session_spec(self) -> SessionSpec:
+        """What a session of this (resolved) config records (`store.spec`)."""
+        options = self.resolved_robot_options()
+        return SessionSpec(
+            session_id=self.session_id or "",
+            backend=self.robot.backend,
+            simulated=self.simulated,
+            robot_options=options,
+            action_space=self.action_space.value,
+            control_rate_hz=self.control_rate_hz,
+            episode_steps=self.resolved_episode_steps,
+            home_q=tuple(self.home_q),
+            cameras=tuple(options.get("cameras", ())),
+            observation=self.explorer.observation,
+            explorer=self.explorer.name,
+            safety=self.safety.model_dump(mode="json"),
+        )
+
     @model_validator(mode="after")
     def _consistent(self) -> SessionConfig:
         if self.explorer.observation == "image" and not self.robot.options.get("cameras", True):
@@ -171,7 +208,7 @@ class SessionConfig(_Strict):
             raise ValueError(f"home_q: {list(home)} lies outside the safety joint limits")
         if self.control_address == self.telemetry_address:
             raise ValueError(f"telemetry_address: the same as control_address ({self.control_address})")
-        clash = {"action_space", "control_rate_hz", "seed", "backend"} & set(self.robot.options)
+        clash = SESSION_OWNED_OPTIONS & set(self.robot.options)
         if clash:
             raise ValueError(f"robot.options: {sorted(clash)} are session fields; set them at the top level")
         return self

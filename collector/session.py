@@ -149,12 +149,15 @@ class Collector:
             self.driver.connect()
         except DriverFault as fault:
             raise StartRefused(f"robot {config.robot.backend} cannot be reached: {fault}") from None
-        resolved = config.model_copy(update={"session_id": self.session_id})
+        resolved = config.resolved(self.session_id)
+        self.spec = resolved.session_spec()
+        """What this session records (`store.spec.SessionSpec`), written as session_spec.json."""
         try:
             self.store = SessionStore.open(
                 config.data_root,
                 self.session_id,
                 session_yaml_text=dump_session_config(resolved),
+                spec_text=self.spec.to_json(),
                 flush_every_steps=config.store.flush_every_steps,
                 free_space_floor_bytes=int(config.store.free_space_floor_mb * 1e6),
             )
@@ -181,9 +184,6 @@ class Collector:
         self.safe = SafeDriver(self.driver, config.safety, config.action_space, watchdog=watchdog)
         self.monitor = ViolationMonitor(config.safety)
         self.explorer = self._build_explorer()
-        self._explorer_camera_name = (
-            self._explorer_camera()["name"] if self.config.explorer.observation == "image" else None
-        )
 
     def _observation_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         limits = self.config.safety
@@ -197,10 +197,7 @@ class Collector:
     def _build_explorer(self) -> Explorer:
         low, high = self._observation_bounds()
         limit = self.safe.action_limit
-        image_shape = None
-        if self.config.explorer.observation == "image":
-            camera = self._explorer_camera()
-            image_shape = (camera["height"], camera["width"], 3)
+        image_shape = self.spec.observation_shape() if self.spec.observation == "image" else None
         kind = "image" if image_shape else "vector"
         spec = ExplorerSpec(low, high, limit, len(limit), self.episode_steps, kind, image_shape)
         settings = self.config.explorer
@@ -234,22 +231,14 @@ class Collector:
         )
         return explorer
 
-    def _explorer_camera(self) -> dict[str, Any]:
-        """The camera image explorers see: the first configured camera (sim default: front 84x84)."""
-        cameras = self.driver.config.cameras if hasattr(self.driver, "config") else ()
-        if not cameras:
-            raise ValueError("explorer.observation is image but the robot has no camera")
-        return cameras[0].model_dump()
-
     def observation(self, state: RobotState) -> np.ndarray:
-        """What the explorer sees: (q, dq), plus the cube pose in privileged experiments, or the
-        first camera's image."""
-        if self.config.explorer.observation == "image":
-            return state.images[self._explorer_camera_name]
-        parts = [state.q, state.dq]
-        if self.config.explorer.observation == "proprio+object":
-            parts += [state.privileged["cube_pos"], state.privileged["cube_quat"]]
-        return np.concatenate(parts)
+        """What the explorer sees (`store.spec.SessionSpec.observation_from`): (q, dq), plus the
+        cube pose in privileged experiments, or the first camera's image."""
+        if self.spec.observation == "image":
+            return state.images[self.spec.explorer_camera]
+        fields = {"obs/q": state.q, "obs/dq": state.dq}
+        fields.update((f"privileged/{key}", value) for key, value in state.privileged.items())
+        return self.spec.observation_from(fields)
 
     # ---- operator requests ----------------------------------------------------------------------
     @property

@@ -61,9 +61,18 @@ import torch
 
 from learning.algorithms.base import ObservationSpec
 from learning.relabel import PRIVILEGED_KEYS, check_privileged, relabel
-from safety.reset import DEFAULT_HOME_Q
 from sim.tasks import Task, make_task
-from store import Episode, atomic_write_text, find_sessions, iter_episodes, read_manifest, read_session_yaml
+from store import (
+    SPEC_FILE,
+    Episode,
+    SessionSpec,
+    SpecError,
+    atomic_write_text,
+    find_sessions,
+    iter_episodes,
+    read_manifest,
+    read_session_spec,
+)
 
 OBS_KINDS = ("proprio", "proprio+object", "image")
 VECTOR_KEYS = {
@@ -71,9 +80,6 @@ VECTOR_KEYS = {
     "proprio+object": ("obs/q", "obs/dq", "privileged/cube_pos", "privileged/cube_quat"),
 }
 BASE_KEYS = ("obs/q", "obs/dq", "obs/tip_pos", "command")
-SIMULATED = ("robosuite", "pybullet")
-DEFAULT_SIM_CAMERAS = [{"name": "front", "width": 84, "height": 84}]
-"""sim.config.SimConfig's cameras when a session's robot.options does not list any."""
 
 
 class DatasetError(ValueError):
@@ -91,79 +97,46 @@ class DatasetWarning(UserWarning):
 
 @dataclasses.dataclass(frozen=True)
 class SessionInfo:
-    """What learning needs from a session's session.yaml."""
+    """A session learning reads: where it lies and what it recorded (`store.spec.SessionSpec`)."""
 
     path: Path
-    session_id: str
-    backend: str
-    cameras: tuple[dict[str, Any], ...]
-    action_space: str
-    control_rate_hz: float
-    episode_steps: int
-    home_q: tuple[float, ...]
-    safety: dict[str, Any]
+    spec: SessionSpec
+
+    @property
+    def session_id(self) -> str:
+        return self.spec.session_id or self.path.name
 
     @property
     def velocity_caps(self) -> np.ndarray:
+        """Joint velocity caps of the session's safety limits, rad/s: the action scale."""
         from safety.limits import SafetyLimits
 
-        return SafetyLimits(**self.safety).velocity_caps
+        return SafetyLimits(**self.spec.safety).velocity_caps
 
     def env_spec(self) -> dict[str, Any]:
         """How to rebuild the robot the data came from, for evaluation (`learning.evaluate`)."""
-        return {
-            "backend": self.backend,
-            "cameras": [dict(c) for c in self.cameras],
-            "control_rate_hz": self.control_rate_hz,
-            "episode_steps": self.episode_steps,
-            "home_q": list(self.home_q),
-            "safety": self.safety,
-        }
+        return self.spec.env_spec()
 
 
 def read_session_info(session_dir: Path) -> SessionInfo:
-    """The settings learning needs from ``<session_dir>/session.yaml``.
+    """What learning needs of the session at ``session_dir`` (`store.read_session_spec`: its
+    session_spec.json, or for an older session its session.yaml).
 
-    Raises DatasetError when there is no session.yaml, and `DamagedSessionError` (one line naming
-    the file) when it is not valid YAML, not a mapping, or holds a setting of the wrong type."""
-    path = Path(session_dir) / "session.yaml"
-    if not path.is_file():
+    Raises DatasetError when the session has neither, and `DamagedSessionError` (one line naming
+    the file) when it cannot be read or holds a setting of the wrong type."""
+    session_dir = Path(session_dir)
+    if not (session_dir / SPEC_FILE).is_file() and not (session_dir / "session.yaml").is_file():
         raise DatasetError(f"session {session_dir} has no session.yaml (needed for the action scale and evaluation)")
-    data, problem = read_session_yaml(Path(session_dir))
-    if problem is not None:
-        raise DamagedSessionError(f"{path}: damaged session.yaml: {problem}")
     try:
-        robot = _mapping(data.get("robot"), "robot")
-        backend = str(robot.get("backend", "robosuite"))
-        options = _mapping(robot.get("options"), "robot.options")
-        cameras = options.get("cameras", DEFAULT_SIM_CAMERAS if backend in SIMULATED else [])
-        if not isinstance(cameras or [], list) or not all(isinstance(c, dict) for c in cameras or []):
-            raise TypeError("robot.options.cameras is not a list of mappings")
-        action_space = data.get("action_space", "joint_velocity")
-        steps = data.get("episode_steps") or (1000 if action_space == "joint_velocity" else 200)
-        info = SessionInfo(
-            path=Path(session_dir),
-            session_id=str(data.get("session_id") or Path(session_dir).name),
-            backend=backend,
-            cameras=tuple(dict(c) for c in cameras or []),
-            action_space=action_space,
-            control_rate_hz=float(data.get("control_rate_hz", 20.0)),
-            episode_steps=int(steps),
-            home_q=tuple(float(x) for x in data.get("home_q", DEFAULT_HOME_Q)),
-            safety=_mapping(data.get("safety"), "safety"),
-        )
+        info = SessionInfo(session_dir, read_session_spec(session_dir))
+    except SpecError as error:
+        raise DamagedSessionError(str(error)) from None
+    try:
         info.velocity_caps  # noqa: B018 - the action scale: a safety section that does not validate is damage
-    except (TypeError, ValueError, AttributeError) as error:
-        raise DamagedSessionError(f"{path}: damaged session.yaml: {_first_problem(error)}") from None
+    except (TypeError, ValueError) as error:
+        name = SPEC_FILE if (session_dir / SPEC_FILE).is_file() else "session.yaml"
+        raise DamagedSessionError(f"{session_dir / name}: damaged {name}: {_first_problem(error)}") from None
     return info
-
-
-def _mapping(value: Any, name: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise TypeError(f"{name} is a {type(value).__name__}, not a mapping")
-    return dict(value)
 
 
 def _first_problem(error: Exception) -> str:
@@ -182,9 +155,9 @@ def _check_compatible(infos: list[SessionInfo]) -> None:
     first = infos[0]
     for other in infos[1:]:
         for name, a, b in (
-            ("action spaces", first.action_space, other.action_space),
-            ("cameras", first.cameras, other.cameras),
-            ("control rates", first.control_rate_hz, other.control_rate_hz),
+            ("action spaces", first.spec.action_space, other.spec.action_space),
+            ("cameras", first.spec.cameras, other.spec.cameras),
+            ("control rates", first.spec.control_rate_hz, other.spec.control_rate_hz),
         ):
             if a != b:
                 raise DatasetError(
@@ -360,7 +333,7 @@ class OfflineDataset:
                 check_privileged(what, e.fields, f"{by_dir[e.session_dir].session_id} ({e.session_dir})")
         self.camera = None
         if obs == "image":
-            cams = [c["name"] for c in self.session_info.cameras]
+            cams = [c.name for c in self.session_info.spec.cameras]
             if not cams:
                 raise DatasetError(f"observation image needs a camera; session {self.session_info.path} recorded none")
             self.camera = camera or cams[0]

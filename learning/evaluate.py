@@ -33,9 +33,16 @@ from learning.algorithms.base import Algorithm
 from learning.checkpoint import load_checkpoint, obs_spec_from_checkpoint
 from learning.train_config import TrainError, build_algorithm, resolve_device
 
-SIMULATED = ("robosuite", "pybullet")
 VIDEO_CAMERA = {"name": "front", "width": 320, "height": 240}
 """Camera added for `--video` when the policy's environment has none."""
+
+
+def simulator_for(env_spec: dict[str, Any]) -> str:
+    """The simulator to evaluate in: the data's own backend when it is a simulator, else MuJoCo
+    (robosuite) for data recorded on hardware."""
+    from sim.config import SIM_BACKENDS
+
+    return env_spec["backend"] if env_spec["backend"] in SIM_BACKENDS else "robosuite"
 
 
 def make_env(
@@ -51,7 +58,7 @@ def make_env(
     from safety.limits import SafetyLimits
     from sim.gym_env import PandaEnv
 
-    backend = backend or (env_spec["backend"] if env_spec["backend"] in SIMULATED else "robosuite")
+    backend = backend or simulator_for(env_spec)
     cameras = [dict(c) for c in env_spec.get("cameras", [])] + [dict(c) for c in extra_cameras]
     sim_config = {
         "backend": backend,
@@ -292,11 +299,7 @@ def evaluate_checkpoint(
         else:
             extra, video_camera = (VIDEO_CAMERA,), VIDEO_CAMERA["name"]
     episode_steps = steps or ckpt["eval_steps"]
-    backend = (
-        backend
-        or config.get("eval_backend")
-        or (env_spec["backend"] if env_spec["backend"] in SIMULATED else "robosuite")
-    )
+    backend = backend or config.get("eval_backend") or simulator_for(env_spec)
     say(
         f"evaluating {ckpt['path']} ({ckpt['algo']}, {ckpt['obs']}, {ckpt['task']}, update {ckpt['step']}) "
         f"in {backend} on {dev}: {episodes} episodes x {episode_steps} steps"

@@ -55,7 +55,7 @@ def _add_sim(subparsers: argparse._SubParsersAction) -> None:
         description="Run this first on a new machine: it builds every simulated backend, steps it "
         "through the safety filter, saves one PNG per camera and prints the speeds.",
     )
-    check.add_argument("--backend", choices=["all", "robosuite", "pybullet"], default="all")
+    check.add_argument("--backend", default="all", help="a simulated backend (robosuite, pybullet) or all (default)")
     check.add_argument("--steps", type=int, default=100, help="control steps to time per backend (default 100)")
     check.add_argument("--size", type=int, default=84, help="camera image width and height, pixels (default 84)")
     check.add_argument("--out", default="sim_check", help="folder for the PNGs (default ./sim_check)")
@@ -64,8 +64,12 @@ def _add_sim(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_sim_check(args: argparse.Namespace) -> int:
     from sim.check import run_sim_check
+    from sim.config import SIM_BACKENDS
 
-    backends = ["robosuite", "pybullet"] if args.backend == "all" else [args.backend]
+    if args.backend not in ("all", *SIM_BACKENDS):
+        print(f"pandalab sim check: --backend {args.backend!r}: one of all, {', '.join(SIM_BACKENDS)}", file=sys.stderr)
+        return 2
+    backends = list(SIM_BACKENDS) if args.backend == "all" else [args.backend]
     return run_sim_check(backends, steps=args.steps, image_size=args.size, out_dir=args.out)
 
 

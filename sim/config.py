@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import ConfigDict, Field, field_validator
 
 from robot_drivers.types import ActionSpace
 from safety.strict_model import StrictModel
 from sim.scene import CAMERAS
+
+SimBackend = Literal["robosuite", "pybullet"]
+SIM_BACKENDS: tuple[str, ...] = get_args(SimBackend)
+"""The simulated backends (robot_drivers registry names): the one list of them."""
 
 
 class CameraConfig(StrictModel):
@@ -31,9 +35,7 @@ class SimConfig(StrictModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["robosuite", "pybullet"] = Field(
-        "robosuite", description="Physics backend: robosuite (MuJoCo) or pybullet."
-    )
+    backend: SimBackend = Field("robosuite", description="Physics backend: robosuite (MuJoCo) or pybullet.")
     action_space: ActionSpace = Field(
         ActionSpace.joint_velocity,
         description="joint_velocity: 7 values in rad/s; tip_delta: (x, y, z) in m per step.",

@@ -135,6 +135,7 @@ from ._read import (
     yaml_error_text,
 )
 from ._session import EpisodeRecorder, RecoveryReport, SessionStore, StoreHealth
+from .spec import SPEC_FILE, CameraSpec, SessionSpec, SpecError, read_session_spec, spec_from_session_yaml
 
 __all__ = [
     "EPISODE_FORMAT",
@@ -142,6 +143,8 @@ __all__ = [
     "OUTCOMES",
     "SCHEMA_VERSION",
     "SESSION_YAML",
+    "SPEC_FILE",
+    "CameraSpec",
     "DamagedEpisodeError",
     "DamagedEpisodeWarning",
     "Episode",
@@ -153,7 +156,9 @@ __all__ = [
     "PartialScan",
     "RecoveryReport",
     "SessionLocked",
+    "SessionSpec",
     "SessionStore",
+    "SpecError",
     "StepSchemaError",
     "StepsView",
     "StoreError",
@@ -169,8 +174,10 @@ __all__ = [
     "open_episode",
     "read_events",
     "read_manifest",
+    "read_session_spec",
     "read_session_yaml",
     "scan_partial",
+    "spec_from_session_yaml",
     "verify_session",
     "yaml_error_text",
 ]

@@ -35,6 +35,7 @@ from ._format import (
     StoreError,
     StoreWriteError,
 )
+from .spec import SPEC_FILE
 
 DEFAULT_FREE_SPACE_FLOOR = 1 << 30
 DEFAULT_QUEUE_MAX_STEPS = 2000
@@ -148,6 +149,7 @@ class SessionStore:
         session_id: str,
         *,
         session_yaml_text: str | None = None,
+        spec_text: str | None = None,
         free_space_floor_bytes: int = DEFAULT_FREE_SPACE_FLOOR,
         queue_max_steps: int = DEFAULT_QUEUE_MAX_STEPS,
         flush_every_steps: int = DEFAULT_FLUSH_EVERY_STEPS,
@@ -167,7 +169,10 @@ class SessionStore:
         fully copied into its `.h5`, or holding only a valid header, is removed. Numbering continues
         after the highest index ever allocated, so no index repeats. `session_yaml_text` is
         written once (atomically); on resume with a different text the original is kept and the
-        new text saved as `session.resume-N.yaml`.
+        new text saved as `session.resume-N.yaml`.  `spec_text` (`store.spec.SessionSpec.to_json`)
+        is written with session.yaml as ``session_spec.json`` when the session is new (a session
+        recorded before the spec keeps being described by its session.yaml) and beside a
+        `session.resume-N.yaml` as `session_spec.resume-N.json`.
 
         `image_compression`: None (default: fastest to write, see benchmarks/store_throughput.py)
         or "lzf" / "gzip" for chunked frames in the episode files."""
@@ -197,7 +202,7 @@ class SessionStore:
             image_compression=image_compression,
         )
         try:
-            store.recovery = store._recover(resumed, session_yaml_text)
+            store.recovery = store._recover(resumed, session_yaml_text, spec_text)
             if not resumed:
                 F.fsync_dir(session_dir.parent)
             if store.recovery.changed_anything:
@@ -207,17 +212,21 @@ class SessionStore:
             raise
         return store
 
-    def _recover(self, resumed: bool, session_yaml_text: str | None) -> RecoveryReport:
+    def _recover(self, resumed: bool, session_yaml_text: str | None, spec_text: str | None = None) -> RecoveryReport:
         rep = RecoveryReport(self.session_dir, resumed=resumed)
         sd = self.session_dir
         yaml_path = sd / F.SESSION_YAML
         if session_yaml_text is not None:
             if not yaml_path.exists():
+                if spec_text is not None:  # before session.yaml: a session with one has its spec
+                    F.atomic_write_text(sd / SPEC_FILE, spec_text)
                 F.atomic_write_text(yaml_path, session_yaml_text)
             elif yaml_path.read_text(encoding="utf-8") != session_yaml_text:
                 k = 1
                 while (sd / f"session.resume-{k}.yaml").exists():
                     k += 1
+                if spec_text is not None:
+                    F.atomic_write_text(sd / f"session_spec.resume-{k}.json", spec_text)
                 F.atomic_write_text(sd / f"session.resume-{k}.yaml", session_yaml_text)
                 rep.config_changed = f"session.resume-{k}.yaml"
 
