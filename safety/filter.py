@@ -26,7 +26,7 @@ What one call does, in order:
 2. **Desired velocity.**  ``joint_velocity``: the action, each joint clipped to the operating cap
    (0.5 rad/s, seed 001).  ``tip_delta``: the displacement, each axis clipped to
    ``tip_delta_max``, is added to an internal tool-tip target (kept inside the workspace box and
-   within `TIP_TARGET_LEAD_M` of the tool tip, so a blocked arm does not wind up); damped least
+   within `resolved_rate.TIP_TARGET_LEAD_M` of the tool tip, so a blocked arm does not wind up); damped least
    squares resolved-rate control on the tool-tip Jacobian (position rows toward the target within
    one period, orientation rows holding the tool pointing down at the yaw it had when the target
    was created) gives joint velocities, scaled down as a whole if one exceeds the cap.
@@ -70,16 +70,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from safety import collision_model, kinematics
+from safety import collision_model, kinematics, resolved_rate
 from safety.limits import SafetyLimits
 from safety.types import SafeCommand, SafetyEvent
 
-TIP_TARGET_LEAD_M = 0.02
-"""Largest distance the internal tool-tip target may lead the tool tip, m (tip_delta)."""
-IK_DAMPING = 0.02
-"""Damping of the least-squares inverse of the Jacobian (tip_delta)."""
-IK_ORIENTATION_GAIN = 5.0
-"""Gain, 1/s, turning the tool's orientation error (rad) into an angular velocity (tip_delta)."""
 SEGMENT_STEPS = 16
 """Number of intervals the segment from the braking command to the requested command is cut into
 when searching for the largest safe command (resolution 1/16 of the requested change)."""
@@ -202,15 +196,13 @@ class SafetyFilter:
         self._rollout_steps = int(np.ceil(np.max(self._cap / self._step) - 1e-9)) + 1
         self._grid = np.linspace(1.0, 0.0, SEGMENT_STEPS + 1)
         self._previous: np.ndarray | None = None
-        self._tip_target: np.ndarray | None = None
-        self._orientation_target: np.ndarray | None = None
+        self._tip_target: resolved_rate.TipTarget | None = None
 
     # ---- memory -----------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget the previous command and the tool-tip target (call at every episode start)."""
         self._previous = None
         self._tip_target = None
-        self._orientation_target = None
 
     def notify_stopped(self) -> None:
         """Tell the filter the arm was sent a stop outside it (watchdog, operator): the next
@@ -238,7 +230,6 @@ class SafetyFilter:
         if action_fault:  # an unusable action from a readable state: a planned stop
             desired = np.zeros(7)
             self._tip_target = None
-            self._orientation_target = None
         elif self.action_space == "joint_velocity":
             action = np.asarray(action, dtype=np.float64).reshape(-1)
             desired = np.clip(action, -self._cap, self._cap)
@@ -344,7 +335,6 @@ class SafetyFilter:
         command = brake(previous, self._hard_step)
         self._previous = command
         self._tip_target = None
-        self._orientation_target = None
         return SafeCommand(command)
 
     def _emergency(self, state, events: list[SafetyEvent]) -> tuple[SafeCommand, list[SafetyEvent]]:
@@ -355,22 +345,10 @@ class SafetyFilter:
         for i in np.flatnonzero(delta != action):
             events.append(SafetyEvent("velocity_clip", "xyz"[i], float(abs(action[i] - delta[i])), "tip_delta range"))
         tip, rotation = f_now[8, :3, 3], f_now[8, :3, :3]
-        if self._tip_target is None or self._orientation_target is None:
-            self._tip_target = tip.copy()
-            self._orientation_target = kinematics.pointing_down_rotation(np.arctan2(rotation[1, 0], rotation[0, 0]))
-        lead = self._tip_target - tip
-        lead_norm = float(np.linalg.norm(lead))
-        if lead_norm > TIP_TARGET_LEAD_M:
-            lead *= TIP_TARGET_LEAD_M / lead_norm
-        self._tip_target = np.clip(tip + lead + delta, self.limits.tip_lower, self.limits.tip_upper)
-        twist = np.concatenate(
-            [
-                (self._tip_target - tip) / self.period,
-                IK_ORIENTATION_GAIN * kinematics.rotation_error(rotation, self._orientation_target),
-            ]
-        )
+        bounds = (self.limits.tip_lower, self.limits.tip_upper)
+        self._tip_target = resolved_rate.advance_target(self._tip_target, tip, rotation, delta, bounds)
         jacobian = kinematics.jacobian_from_frames(f_now)
-        velocity = jacobian.T @ np.linalg.solve(jacobian @ jacobian.T + IK_DAMPING**2 * np.eye(6), twist)
+        velocity = resolved_rate.joint_velocity_toward(self._tip_target, tip, rotation, jacobian, self.period)
         scale = float(np.max(np.abs(velocity) / self._cap))
         if scale > 1.0:
             velocity /= scale

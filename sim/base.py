@@ -54,11 +54,11 @@ one (its emergency stop); see the test.
 ``tip_delta`` actions (seed 003: Cartesian displacement per step, orientation held pointing down)
 are turned into joint velocity commands by resolved-rate control with damped least squares on the
 tool tip's Jacobian, re-solved several times per control period, towards a tool-tip target that
-accumulates the commanded displacements (kept within `TIP_TARGET_LEAD_M` of the tool tip, so a
+accumulates the commanded displacements (kept within `resolved_rate.TIP_TARGET_LEAD_M` of the tool tip, so a
 blocked arm does not wind up); no joint is asked for a speed it could not brake from within the
 joint motion left (`IK_BRAKING_ACCELERATION`).  Those commands go through the same ramp and hold,
 so the arm runs behind fast tip_delta commands, and an approach at 2 cm per step overshoots its
-goal by what the arm still owes (up to `TIP_TARGET_LEAD_M`) unless its last steps are small.
+goal by what the arm still owes (up to `resolved_rate.TIP_TARGET_LEAD_M`) unless its last steps are small.
 """
 
 from __future__ import annotations
@@ -70,17 +70,11 @@ import numpy as np
 
 from robot_drivers.base import DriverFault, FaultReason, RobotDriver
 from robot_drivers.types import NUM_JOINTS, ActionSpace, Command, RobotState
-from safety.kinematics import pointing_down_rotation, rotation_error
+from safety import resolved_rate
 from safety.limits import FRANKA_DDQ_MAX, FRANKA_DQ_MAX
 from sim.config import CameraConfig, SimConfig
 from sim.scene import CUBE_START_POS, CUBE_START_QUAT, DEFAULT_HOME_Q, top_face_index
 
-TIP_TARGET_LEAD_M = 0.02
-"""Largest distance the internal tool-tip target may lead the actual tool tip, m."""
-IK_DAMPING = 0.02
-"""Damping of the least-squares inverse of the Jacobian (tip_delta control)."""
-IK_ORIENTATION_GAIN = 5.0
-"""Gain, 1/s, turning the orientation error (rad) into an angular velocity (tip_delta control)."""
 IK_SOLVE_INTERVAL_S = 0.01
 """Time between two inverse-kinematics solves inside one control period, s."""
 JOINT_SPEED_HARD_LIMIT = np.array(FRANKA_DQ_MAX)
@@ -135,8 +129,7 @@ class SimPandaDriver(RobotDriver):
         self.rng = np.random.default_rng(config.seed)
         self._connected = False
         self._time_s = 0.0
-        self._tip_target: np.ndarray | None = None
-        self._tip_orientation_target: np.ndarray | None = None
+        self._tip_target: resolved_rate.TipTarget | None = None
         self._zeros = np.zeros(NUM_JOINTS)
         self._servo_target = self._zeros
         """The servo target: command plus the hold's correction, rate-limited (libfranka's limiter
@@ -237,7 +230,6 @@ class SimPandaDriver(RobotDriver):
         self._anchor_hold()
         self._time_s = 0.0
         self._tip_target = None
-        self._tip_orientation_target = None
         return self.read_state()
 
     def close(self) -> None:
@@ -334,15 +326,7 @@ class SimPandaDriver(RobotDriver):
 
     def _advance_with_tip_delta(self, delta: np.ndarray) -> None:
         tip, rotation = self._tip_pose()
-        if self._tip_target is None:
-            self._tip_target = tip.copy()
-            yaw = np.arctan2(rotation[1, 0], rotation[0, 0])
-            self._tip_orientation_target = pointing_down_rotation(yaw)
-        lead = self._tip_target - tip
-        lead_norm = np.linalg.norm(lead)
-        if lead_norm > TIP_TARGET_LEAD_M:
-            lead *= TIP_TARGET_LEAD_M / lead_norm
-        self._tip_target = tip + lead + delta
+        self._tip_target = resolved_rate.advance_target(self._tip_target, tip, rotation, delta)
 
         n_total = self._substeps_per_period()
         n_chunk = max(1, round(IK_SOLVE_INTERVAL_S / self.physics_timestep_s))
@@ -351,15 +335,8 @@ class SimPandaDriver(RobotDriver):
             n = min(n_chunk, n_total - done)
             time_to_go = max((n_total - done) * self.physics_timestep_s, 2 * n * self.physics_timestep_s)
             tip, rotation = self._tip_pose()
-            twist = np.concatenate(
-                [
-                    (self._tip_target - tip) / time_to_go,
-                    IK_ORIENTATION_GAIN * rotation_error(rotation, self._tip_orientation_target),
-                ]
-            )
             jacobian = self._tip_jacobian()
-            jjt = jacobian @ jacobian.T + IK_DAMPING**2 * np.eye(6)
-            joint_velocity = jacobian.T @ np.linalg.solve(jjt, twist)
+            joint_velocity = resolved_rate.joint_velocity_toward(self._tip_target, tip, rotation, jacobian, time_to_go)
             # No faster than each joint can still brake to rest over the joint motion that is left
             # (joint_velocity * time_to_go), so the command ramp can follow without overshooting.
             speed = np.abs(joint_velocity) + 1e-12

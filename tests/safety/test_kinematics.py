@@ -63,3 +63,39 @@ def test_rotation_error_turns_current_into_desired():
         k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
         rotation = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
         np.testing.assert_allclose(rotation @ current, desired, atol=1e-6)
+
+
+def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
+    """Rodrigues' formula, written out here independently of the code under test."""
+    axis = axis / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+def test_rotation_error_is_right_near_and_at_half_a_turn():
+    """Near pi the axis cannot come from the antisymmetric part (it vanishes); an axis with mixed
+    signs is where taking it from the diagonal alone goes wrong."""
+    rng = np.random.default_rng(5)
+    current = kinematics.tip_pose(np.array([0.1, -0.4, 0.3, -2.0, 0.2, 1.9, 0.5]))[1]
+    for axis in [np.array([1.0, -1.0, 0.0]), np.array([-0.3, 0.5, -0.8]), *rng.normal(size=(20, 3))]:
+        for angle in (np.pi, np.pi - 1e-7, np.pi - 1e-4, 3.0):
+            desired = _rotation(axis, angle) @ current
+            vector = kinematics.rotation_error(current, desired)
+            assert abs(np.linalg.norm(vector) - angle) < 1e-6
+            np.testing.assert_allclose(_rotation(vector, np.linalg.norm(vector)) @ current, desired, atol=1e-6)
+
+
+def test_rotation_error_agrees_with_scipy_everywhere():
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(6)
+    for _ in range(500):
+        current = Rotation.random(random_state=rng).as_matrix()
+        near_pi, small = np.pi - 10 ** rng.uniform(-9, -1), 10 ** rng.uniform(-10, -3)
+        angle = rng.choice([rng.uniform(0, np.pi), near_pi, np.pi, small])
+        desired = _rotation(rng.normal(size=3), angle) @ current
+        expected = Rotation.from_matrix(desired @ current.T).as_rotvec()
+        got = kinematics.rotation_error(current, desired)
+        if abs(angle - np.pi) < 1e-6:  # at half a turn, v and -v are the same rotation
+            got, expected = (got, expected) if got @ expected >= 0 else (got, -expected)
+        np.testing.assert_allclose(got, expected, atol=1e-7)

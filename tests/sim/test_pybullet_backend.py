@@ -7,7 +7,7 @@ import pybullet
 import pytest
 
 from robot_drivers import ActionSpace, Command, create_driver
-from sim.base import rotation_error
+from safety.kinematics import rotation_error
 from sim.config import SimConfig
 from sim.pybullet_backend import ARM_TORQUE_LIMITS, PyBulletPanda
 from sim.scene import CUBE_FACES, CUBE_START_POS, DEFAULT_HOME_Q, TABLE_TOP_Z, TOOL_TIP_OFFSET, quat_with_face_up
