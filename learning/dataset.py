@@ -46,7 +46,6 @@ Unif(D).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -183,11 +182,10 @@ def _listed_episodes(session_dir: Path) -> int | None:
 
 
 def _available_memory_bytes() -> int:
-    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 8 << 30
+    """Memory available to this process without swapping, bytes (psutil)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 def nstep_targets(

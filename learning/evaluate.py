@@ -226,26 +226,11 @@ def evaluate(
 
 
 def write_video(path: str | Path, frames: list[np.ndarray], fps: float = 20.0) -> Path:
-    """An mp4 (OpenCV, mp4v) of RGB frames; small frames are enlarged to at least 240 pixels high."""
-    import cv2
+    """An H.264 mp4 of RGB frames (`store.video.write_mp4`), small frames enlarged to at least
+    240 pixels high."""
+    from store.video import write_mp4
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames[0].shape[:2]
-    scale = max(1, int(np.ceil(240 / h)))
-    size = (w * scale, h * scale)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write {path} (mp4v)")
-    try:
-        for frame in frames:
-            bgr = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR)
-            if scale > 1:
-                bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_NEAREST)
-            writer.write(bgr)
-    finally:
-        writer.release()
-    return path
+    return write_mp4(path, frames, fps, min_height=240)
 
 
 def is_better(a: dict[str, Any], b: dict[str, Any] | None) -> bool:

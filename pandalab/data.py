@@ -353,8 +353,8 @@ def verify(paths: Sequence[str | pathlib.Path], console: Console | None = None) 
 def video(
     session: str | pathlib.Path, episode: int, out: str | pathlib.Path | None, camera: str | None, fps: float
 ) -> pathlib.Path:
-    """Write an mp4 of one camera of one episode (OpenCV, mp4v)."""
-    import cv2
+    """Write an H.264 mp4 of one camera of one episode (`store.video.write_mp4`)."""
+    from store.video import write_mp4
 
     session = pathlib.Path(session)
     listed = {e.index: e for e in read_manifest(session)}
@@ -372,16 +372,7 @@ def video(
         raise DataToolError(f"{recorded.path}: no camera {camera!r}; recorded: {', '.join(cameras)}")
     frames = recorded.load(f"obs/images/{camera}")
     out = pathlib.Path(out or session / f"episode_{episode:06d}_{camera}.mp4")
-    height, width = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        raise DataToolError(f"OpenCV cannot write {out}")
-    try:
-        for frame in frames:
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    return out
+    return write_mp4(out, frames, fps)
 
 
 def _occupied_cells(points: np.ndarray, bounds, cell: float) -> int:
