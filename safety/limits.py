@@ -44,6 +44,9 @@ FRANKA_DQ_MAX: Vec7 = (2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61)
 """Franka's published maximum joint velocities of the Panda, rad/s."""
 FRANKA_DDQ_MAX: Vec7 = (15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0)
 """Franka's published maximum joint accelerations of the Panda, rad/s^2."""
+FRANKA_DDDQ_MAX: Vec7 = (7500.0, 3750.0, 5000.0, 6250.0, 7500.0, 10000.0, 10000.0)
+"""Franka's published maximum joint jerks of the Panda, rad/s^3
+(https://frankaemika.github.io/docs/control_parameters.html)."""
 DEFAULT_ACCELERATION_LIMIT: Vec7 = tuple(0.5 * a for a in FRANKA_DDQ_MAX)  # type: ignore[assignment]
 """Operating joint acceleration limit, rad/s^2: half of Franka's published maximum."""
 
@@ -223,6 +226,13 @@ class SafetyLimits(StrictModel):
     def accelerations(self) -> np.ndarray:
         """Operating joint acceleration limit per joint, rad/s^2, (7,)."""
         return np.asarray(self.acceleration_limit, dtype=np.float64)
+
+    @property
+    def jerks(self) -> np.ndarray:
+        """Operating joint jerk limit per joint, rad/s^3, (7,): Franka's published jerks scaled by
+        the same fraction of the published accelerations as `accelerations` (planned motions:
+        `safety.reset`)."""
+        return np.asarray(FRANKA_DDDQ_MAX) * self.accelerations / np.asarray(self.acceleration_max)
 
     @property
     def tip_lower(self) -> np.ndarray:

@@ -6,9 +6,9 @@ exploration.  `plan_reset` builds a joint-space trajectory at the control rate:
 
 1. brake the current joint velocity to rest at the acceleration limit (per joint);
 2. move through zero or more intermediate waypoints to ``home``; every segment is a
-   synchronised trapezoidal profile (all joints start and stop together, the slowest joint
-   moving at the velocity cap and accelerating at its acceleration limit; the others slower),
-   from rest to rest;
+   synchronised time-optimal jerk-limited profile from Ruckig (all joints start and stop together,
+   within the velocity cap and the operating acceleration and jerk limits: Franka's controller
+   rejects motions that are not jerk-limited), from rest to rest;
 3. every configuration of the trajectory is checked with forward kinematics: joints inside the
    operating limits, tool tip inside the box and above the table, the arm's watched points above
    the table.  The straight joint-space move is tried first; if it would leave the box or dip
@@ -28,6 +28,12 @@ exploration.  `plan_reset` builds a joint-space trajectory at the control rate:
 The commands are the averages of the continuous profile over each control period, so they sum
 exactly to the planned displacement, never exceed the cap and never change by more than
 ``acceleration * period`` between periods: the filter's rate limiter lets them through unchanged.
+
+Why the search is ours and the profiles are not: the RRT-Connect search is small, deterministic
+(seeded from the start configuration), checks every edge with the filter's own Cartesian margins
+and is tested here; a motion planning library would bring its own collision model and its own idea
+of the limits.  The time-parameterisation, by contrast, is Ruckig's (jerk limits are easy to get
+subtly wrong by hand).
 
 Execution (`ResetController`): the collector sends ``controller.action(state)`` THROUGH THE SAME
 FILTER (a ``joint_velocity`` `SafetyFilter`, whatever the session's action space), so the filter
@@ -100,40 +106,28 @@ class ResetPlan:
         return len(self.velocities) * self.period
 
 
-def _minimum_time(distance: np.ndarray, cap: np.ndarray, acceleration: np.ndarray) -> np.ndarray:
-    """Rest-to-rest minimum time of a trapezoidal profile per joint, s."""
-    distance = np.abs(distance)
-    triangular = distance < cap**2 / acceleration
-    return np.where(triangular, 2.0 * np.sqrt(distance / acceleration), distance / cap + cap / acceleration)
-
-
-def _trapezoid_positions(delta: np.ndarray, duration: float, acceleration: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """Positions (len(times), 7) of rest-to-rest trapezoids covering ``delta`` in ``duration``
-    seconds, each joint accelerating at its limit and cruising as slowly as that allows."""
-    distance = np.abs(delta)
-    discriminant = np.maximum(acceleration**2 * duration**2 - 4.0 * acceleration * distance, 0.0)
-    cruise = (acceleration * duration - np.sqrt(discriminant)) / 2.0
-    ramp = np.where(cruise > 0, cruise / acceleration, 0.0)
-    t = times[:, None]
-    accelerating = 0.5 * acceleration * t**2
-    cruising = 0.5 * acceleration * ramp**2 + cruise * (t - ramp)
-    remaining = duration - t
-    decelerating = distance - 0.5 * acceleration * remaining**2
-    travelled = np.where(t < ramp, accelerating, np.where(t <= duration - ramp, cruising, decelerating))
-    travelled = np.clip(travelled, 0.0, distance)
-    return np.sign(delta) * travelled
-
-
 def _segment(start: np.ndarray, goal: np.ndarray, limits: SafetyLimits, period: float) -> np.ndarray:
-    """Configurations (n + 1, 7) at the control rate of a synchronised rest-to-rest move."""
-    delta = goal - start
-    cap, acceleration = limits.velocity_caps, limits.accelerations
-    # Averaging over a period costs at most half a period of speed at each end: plan a little slower.
-    slowest = float(np.max(_minimum_time(delta, cap * 0.98, acceleration)))
-    steps = max(1, int(np.ceil(slowest / period - 1e-9)))
-    times = np.arange(steps + 1) * period
-    positions = start + _trapezoid_positions(delta, steps * period, acceleration, times)
-    positions[-1] = goal
+    """Configurations (n + 1, 7) at the control rate of a synchronised rest-to-rest move: Ruckig's
+    time-optimal jerk-limited profile (Berscheid & Kroeger 2021, "Jerk-limited real-time
+    trajectory generation with arbitrary target states", RSS) within the operating velocity cap,
+    acceleration and jerk limits, every joint finishing together, sampled every period and held
+    at ``goal`` from its end to the end of the last period."""
+    from ruckig import InputParameter, Result, Ruckig, Trajectory  # the reset planner only
+
+    rest = [0.0] * 7
+    request = InputParameter(7)
+    request.current_position, request.current_velocity, request.current_acceleration = list(start), rest, rest
+    request.target_position, request.target_velocity, request.target_acceleration = list(goal), rest, rest
+    request.max_velocity = list(limits.velocity_caps)
+    request.max_acceleration = list(limits.accelerations)
+    request.max_jerk = list(limits.jerks)
+    trajectory = Trajectory(7)
+    result = Ruckig(7).calculate(request, trajectory)
+    if result not in (Result.Working, Result.Finished):
+        raise ResetPlanningError(f"no jerk-limited profile from {np.round(start, 4)} to {np.round(goal, 4)}: {result}")
+    steps = max(1, int(np.ceil(trajectory.duration / period - 1e-9)))
+    positions = np.array([trajectory.at_time(min(k * period, trajectory.duration))[0] for k in range(steps + 1)])
+    positions[0], positions[-1] = start, goal
     return positions
 
 

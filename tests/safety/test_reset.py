@@ -108,3 +108,27 @@ def test_search_plans_a_safe_reset_where_the_candidates_fail(q):
     again = plan_reset(q, np.zeros(7), HOME_Q, LIMITS, 20.0)
     assert np.array_equal(plan.positions, again.positions)
     execute(q, np.zeros(7))  # and it runs through the filter without leaving the limits
+
+
+def test_segments_are_ruckig_profiles_within_the_operating_limits():
+    """A segment is a sampled jerk-limited profile: it starts and ends exactly at its ends, its
+    per-period average velocities stay under the cap, change by at most acceleration * period
+    (the filter's rate limiter) and take the time-optimal duration, to within one period of
+    the acceleration-limited minimum computed here independently (jerk phases at the operating
+    jerk last 2 ms)."""
+    from safety.reset import _segment
+
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        start = random_inside_q(rng)
+        goal = start + rng.uniform(-0.6, 0.6, 7)
+        positions = _segment(start, goal, LIMITS, PERIOD)
+        np.testing.assert_array_equal(positions[0], start)
+        np.testing.assert_array_equal(positions[-1], goal)
+        velocities = np.diff(positions, axis=0) / PERIOD
+        assert np.all(np.abs(velocities) <= LIMITS.velocity_caps + 1e-9)
+        steps = np.abs(np.diff(np.vstack([np.zeros(7), velocities, np.zeros(7)]), axis=0))
+        assert np.all(steps <= STEP + 1e-9), steps.max(axis=0) / STEP
+        distance, cap, acc = np.abs(goal - start), LIMITS.velocity_caps, LIMITS.accelerations
+        fastest = np.where(distance < cap**2 / acc, 2 * np.sqrt(distance / acc), distance / cap + cap / acc).max()
+        assert fastest - 1e-9 <= (len(positions) - 1) * PERIOD <= fastest + 2 * PERIOD
