@@ -16,13 +16,12 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from collector.explorers import explorer_class
 from robot_drivers import ActionSpace, backend_names, driver_class
+from robot_drivers.registry import SIMULATED_BACKENDS
 from safety.limits import SafetyLimits
 from safety.reset import DEFAULT_HOME_Q as SAFETY_HOME_Q
 from safety.strict_model import ConfigTooLarge, StrictModel, non_finite_paths, validation_problems
 from store.spec import SessionSpec
 
-SIMULATED_BACKENDS = ("robosuite", "pybullet")
-"""Backends that are simulators (privileged state, no real-time pacing by default)."""
 SESSION_OWNED_OPTIONS = frozenset({"action_space", "control_rate_hz", "seed", "backend"})
 """Backend options set from the session's own fields, never in robot.options."""
 DEFAULT_HOME_Q = tuple(float(x) for x in SAFETY_HOME_Q)

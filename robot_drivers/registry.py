@@ -16,6 +16,9 @@ DRIVER_BACKENDS: dict[str, str] = {
     "pybullet": "sim.pybullet_backend:PyBulletPanda",
 }
 """Backend name -> ``module:ClassName`` of its `RobotDriver` implementation."""
+SIMULATED_BACKENDS: tuple[str, ...] = ("robosuite", "pybullet")
+"""The backends that are simulators (privileged state, no real-time pacing by default, teleported
+resets): the one list of them."""
 
 
 def backend_names() -> list[str]:

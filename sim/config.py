@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
+from robot_drivers.registry import SIMULATED_BACKENDS
 from robot_drivers.types import ActionSpace
 from safety.strict_model import StrictModel
 from sim.scene import CAMERAS
 
-SimBackend = Literal["robosuite", "pybullet"]
-SIM_BACKENDS: tuple[str, ...] = get_args(SimBackend)
-"""The simulated backends (robot_drivers registry names): the one list of them."""
+SIM_BACKENDS: tuple[str, ...] = SIMULATED_BACKENDS
+"""The simulated backends (`robot_drivers.registry.SIMULATED_BACKENDS`)."""
+SimBackend = Literal[SIMULATED_BACKENDS]  # type: ignore[valid-type]
 
 
 class CameraConfig(StrictModel):
