@@ -1,7 +1,8 @@
 """Offline datasets: transitions from the episode store, relabelled for a task, sampled on the device.
 
-Reading. Episodes come from `store.iter_episodes` (damaged files are skipped with the
-store's `DamagedEpisodeWarning`). Each episode of T steps holds the states s_0..s_{T-1} and the
+Reading. Episodes come from the store's reader, `store.SessionReader` (damaged files are
+skipped with the store's `DamagedEpisodeWarning`; an `.h5` the manifest does not list yet is read
+too, with the store's warning). Each episode of T steps holds the states s_0..s_{T-1} and the
 command a_t sent in s_t (after the safety filter: always 7 joint velocities, also in ``tip_delta``
 sessions). It gives the T - 1 transitions (s_t, a_t, r_{t+1}, s_{t+1}), t < T - 1: the last
 state has no successor. The reward r_{t+1} is the task's reward of s_{t+1} (`learning.relabel`).
@@ -64,11 +65,11 @@ from sim.tasks import Task, make_task
 from store import (
     SPEC_FILE,
     Episode,
+    SessionReader,
     SessionSpec,
     SpecError,
     atomic_write_text,
     find_sessions,
-    iter_episodes,
     read_manifest,
     read_session_spec,
 )
@@ -294,11 +295,9 @@ class OfflineDataset:
                 info = None  # no session.yaml: refused below if the session holds episodes
             listed = _listed_episodes(sd)
             stage = f"{'checking' if verify_checksum else 'opening'} the episodes of {sd.name}"
-            eps = []
             self._progress(stage, 0, listed)
-            for e in iter_episodes(sd, required_keys=BASE_KEYS, verify_checksum=verify_checksum):
-                eps.append(e)
-                self._progress(stage, len(eps), listed)
+            reader = SessionReader(sd, required_keys=BASE_KEYS, verify_checksum=verify_checksum, include_unlisted=True)
+            eps = reader.refresh(progress=lambda done, stage=stage, listed=listed: self._progress(stage, done, listed))
             eps = [e for e in eps if e.steps >= 2]
             if not eps:
                 continue

@@ -71,7 +71,7 @@ fsynced), with a `quarantine` event in events.jsonl and a line in `SessionStore.
 exact copies are deleted: a `.partial` whose every byte is in its `.h5`, one holding just a valid
 header, temp files of atomic writes.
 
-Readers (`iter_episodes`, `StepsView`) skip a damaged file with a `DamagedEpisodeWarning`, and
+Readers (`iter_episodes`, `SessionReader`) skip a damaged file with a `DamagedEpisodeWarning`, and
 refuse (with a `ManifestWarning`) a manifest entry whose file lies outside the session directory;
 `verify_session` lists damaged, missing, unlisted and partial files, and (for information) the
 quarantined ones.
@@ -95,7 +95,11 @@ Typical use::
 
     for ep in iter_episodes([session_dir]):            # learning side
         q = ep.load("obs/q")
-    view = StepsView([session_dir]); view.get("obs/images/front", [0, 5, 9])
+
+    reader = SessionReader(session_dir, max_cached_episodes=100)   # a growing session
+    for ep in reader.refresh():                        # the episodes listed since the last call
+        frames = reader.arrays(ep.index, ["obs/images/front"])["obs/images/front"]
+    reader.rows("obs/q", episodes=[3, 3, 7], rows=[0, 5, 9]); reader.segments(3); reader.spec
 """
 
 from ._format import (
@@ -123,7 +127,7 @@ from ._read import (
     DamagedEpisodeWarning,
     Episode,
     ManifestWarning,
-    StepsView,
+    SessionReader,
     VerifyReport,
     find_sessions,
     iter_episodes,
@@ -156,11 +160,11 @@ __all__ = [
     "PartialScan",
     "RecoveryReport",
     "SessionLocked",
+    "SessionReader",
     "SessionSpec",
     "SessionStore",
     "SpecError",
     "StepSchemaError",
-    "StepsView",
     "StoreError",
     "StoreHealth",
     "StoreWriteError",

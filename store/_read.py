@@ -1,6 +1,7 @@
-"""Reading side of the store: manifest, episodes, verification, and a lazy view of all steps.
+"""Reading side of the store: manifest, episodes, verification, and `SessionReader`, the reader of a
+growing session (its episodes listed as they arrive, read on demand through a bounded cache).
 
-Readers never crash on a damaged file: `iter_episodes` / `StepsView` skip it with a
+Readers never crash on a damaged file: `iter_episodes` / `SessionReader` skip it with a
 `DamagedEpisodeWarning` naming the file and the problem; `verify_session` lists it.
 """
 
@@ -8,11 +9,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import itertools
 import json
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import yaml
 
 from . import _format as F
 from ._format import DamagedEpisodeError, EpisodeInfo, FieldSpec
+from .spec import SessionSpec, read_session_spec
 
 PathLike = os.PathLike | str
 
@@ -354,29 +357,47 @@ def iter_episodes(
         for path, info in todo:
             if wanted is not None and info is not None and info.outcome not in wanted:
                 continue
-            try:
-                ep = open_episode(
-                    path,
-                    expected_sha256=info.sha256 if (info is not None and verify_checksum) else None,
-                    required_keys=required_keys,
-                    info=info,
-                )
-            except DamagedEpisodeError as e:
-                warnings.warn(f"skipping damaged episode {e.path}: {e.reason}", DamagedEpisodeWarning, stacklevel=2)
+            ep = _open_or_skip(path, info, required_keys=required_keys, verify_checksum=verify_checksum)
+            if ep is None:
                 continue
             if wanted is not None and ep.outcome not in wanted:
                 continue
             if info is None:
-                warnings.warn(
-                    f"{path} is not listed in {sd / F.MANIFEST_NAME} (interrupted finish; resume the session to "
-                    "list it); reading it without a checksum",
-                    DamagedEpisodeWarning,
-                    stacklevel=2,
-                )
+                _warn_unlisted(path, sd)
             try:
                 yield ep
             finally:
                 ep.close()
+
+
+def _open_or_skip(
+    path: Path, info: EpisodeInfo | None, *, required_keys: Sequence[str], verify_checksum: bool
+) -> Episode | None:
+    """`open_episode` for a listed (`info`) or unlisted (None) file; None, with a
+    `DamagedEpisodeWarning` naming the file and the problem, when it is damaged."""
+    try:
+        return open_episode(
+            path,
+            expected_sha256=info.sha256 if (info is not None and verify_checksum) else None,
+            required_keys=required_keys,
+            info=info,
+        )
+    except DamagedEpisodeError as e:
+        _warn_damaged(e.path, e.reason)
+        return None
+
+
+def _warn_damaged(path: Path, reason: str) -> None:
+    warnings.warn(f"skipping damaged episode {path}: {reason}", DamagedEpisodeWarning, stacklevel=4)
+
+
+def _warn_unlisted(path: Path, session_dir: Path) -> None:
+    warnings.warn(
+        f"{path} is not listed in {session_dir / F.MANIFEST_NAME} (interrupted finish; resume the session to "
+        "list it); reading it without a checksum",
+        DamagedEpisodeWarning,
+        stacklevel=3,
+    )
 
 
 # ------------------------------------------------------------------------------ verification
@@ -455,129 +476,224 @@ def verify_session(session_dir: PathLike, *, deep: bool = True) -> VerifyReport:
     return rep
 
 
-# ---------------------------------------------------------------------------------- StepsView
+# ------------------------------------------------------------------------------ SessionReader
 
 
-class StepsView:
-    """All steps of one or more sessions as one lazily loaded sequence of transitions.
+class SessionReader:
+    """One session's finished episodes as learners read them while it grows: listed from the
+    manifest as they arrive, checked once, read on demand through a bounded cache.
 
-    Step `i` (0 <= i < len(view)) is step `i - starts[e]` of episode `e`, where `starts` is the
-    cumulative sum of `lengths`. Nothing is loaded on construction beyond the episodes' attributes
-    (and, with `verify_checksum`, one sha256 pass per file): `get(key, indices)` reads just those
-    rows, `episode_array(key, e)` one episode's array, `load(key)` everything for a key.
+    `refresh()` returns the episodes the manifest lists that no earlier call returned (by store
+    index, ascending), each checked by `open_episode` (sha256 unless ``verify_checksum=False``,
+    structure, `required_keys`); a damaged or missing file is skipped with the store's
+    `DamagedEpisodeWarning` and never listed again. With ``include_unlisted=True`` the `.h5`
+    files the manifest does not list yet (an interrupted finish) follow, read without a checksum,
+    with the warning `iter_episodes` gives (the episodes and order `iter_episodes` yields for one
+    session). `episodes` holds every episode listed so far, by index; `segments(index)` its runs
+    of consecutive steps (`Episode.segments()`: one for an episode recorded whole, several for one
+    salvaged with steps missing), known from the moment it is listed; `spec` the session's
+    `SessionSpec` (`read_session_spec`, read on first use).
 
-    `keys` are the keys present in every episode; asking for another raises KeyError naming an
-    episode that lacks it. At most `max_open_files` HDF5 files are kept open (least recently used
-    are closed). Damaged episodes are skipped with a warning, as in `iter_episodes`."""
+    `arrays(index, keys)` gives whole arrays of an episode; `rows(key, episodes, rows)` rows of
+    any episodes at once (store index and row per element, any shape, any order, repeats
+    allowed). Arrays read whole are kept in an LRU cache of at most `max_cached_episodes`
+    episodes (None: all, the store as an in-memory buffer; 0: none, and `rows` then reads just
+    the rows asked for). The arrays returned are the cache's own: do not modify them. At most
+    `max_open_files` HDF5 files are kept open (the least recently used are closed). An episode
+    whose file cannot be read any more (changed or damaged on disk since it was checked) is
+    dropped from `episodes` with a `DamagedEpisodeWarning`, and the read raises
+    `DamagedEpisodeError`: what the caller derived from the episode list is then stale."""
 
     def __init__(
         self,
-        sources: PathLike | Iterable[PathLike] | Iterable[Episode],
+        session_dir: PathLike,
         *,
         required_keys: Sequence[str] = (),
         verify_checksum: bool = True,
-        outcomes: Iterable[str] | None = None,
+        include_unlisted: bool = False,
+        max_cached_episodes: int | None = None,
         max_open_files: int = 32,
     ) -> None:
-        if isinstance(sources, str | os.PathLike):
-            sources = [sources]
-        src = list(sources)
-        if src and all(isinstance(s, Episode) for s in src):
-            eps = src
-        else:
-            eps = list(
-                iter_episodes(src, required_keys=required_keys, verify_checksum=verify_checksum, outcomes=outcomes)
-            )
-        self.episodes: list[Episode] = [e for e in eps if e.steps > 0]
-        self.lengths = np.array([e.steps for e in self.episodes], dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
-        common = set.intersection(*(set(e.fields) for e in self.episodes)) if self.episodes else set()
-        self.keys: list[str] = sorted(common)
+        self.session_dir = Path(session_dir)
+        self.required_keys = tuple(required_keys)
+        self.verify_checksum = verify_checksum
+        self.include_unlisted = include_unlisted
+        self.max_cached_episodes = None if max_cached_episodes is None else max(0, int(max_cached_episodes))
+        self.episodes: dict[int, Episode] = {}
+        """Every episode listed so far and not found damaged, by store index (ascending)."""
+        self._seen: set[int] = set()
+        self._segments: dict[int, list[tuple[int, int]]] = {}
+        self._cache: collections.OrderedDict[int, dict[str, np.ndarray]] = collections.OrderedDict()
         self._max_open = max(1, int(max_open_files))
         self._open: collections.OrderedDict[int, None] = collections.OrderedDict()
 
-    def __len__(self) -> int:
-        return int(self.starts[-1])
+    @functools.cached_property
+    def spec(self) -> SessionSpec:
+        """What the session records (`read_session_spec`; `SpecError` when it cannot be read)."""
+        return read_session_spec(self.session_dir)
 
-    @property
-    def num_episodes(self) -> int:
-        return len(self.episodes)
+    # -- listing
+    def refresh(self, progress: Callable[[int], None] | None = None) -> list[Episode]:
+        """The episodes listed since the last call, by index (see the class docstring);
+        ``progress(n)`` is called after each of them with how many this call has taken so far."""
+        listed = read_manifest(self.session_dir)
+        todo: list[tuple[int, Path, EpisodeInfo | None]] = [
+            (info.index, info.path, info) for info in listed if info.index not in self._seen
+        ]
+        if self.include_unlisted:
+            for path in _unlisted_h5(self.session_dir, listed):
+                index = F.parse_episode_name(path.name)[0]
+                if index not in self._seen:
+                    todo.append((index, path, None))
+        new: list[Episode] = []
+        for index, path, info in todo:
+            self._seen.add(index)
+            episode = _open_or_skip(path, info, required_keys=self.required_keys, verify_checksum=self.verify_checksum)
+            if episode is None:
+                continue
+            if episode.index in self.episodes:
+                first = self.episodes[episode.index].path
+                _warn_damaged(path, f"holds episode {episode.index}, already read from {first}")
+                continue
+            try:
+                segments = episode.segments()
+            except Exception as error:  # the step numbers of a salvaged episode: h5py may raise anything
+                _warn_damaged(path, f"array {episode.step_index_key!r} cannot be read: {error}")
+                continue
+            finally:
+                episode.close()
+            if info is None:
+                _warn_unlisted(path, self.session_dir)
+            self._seen.add(episode.index)
+            self.episodes[episode.index] = episode
+            self._segments[episode.index] = segments
+            new.append(episode)
+            if progress is not None:
+                progress(len(new))
+        if new:
+            self.episodes = dict(sorted(self.episodes.items()))
+        return new
 
-    @property
-    def outcomes(self) -> list[str]:
-        return [e.outcome for e in self.episodes]
+    def __contains__(self, index: object) -> bool:
+        return index in self.episodes
 
-    def field(self, key: str) -> FieldSpec:
-        """dtype and per-step shape of `key` (from the first episode having it)."""
-        for e in self.episodes:
-            if key in e.fields:
-                return e.fields[key]
-        raise KeyError(f"no episode has {key!r}")
+    def episode(self, index: int) -> Episode:
+        try:
+            return self.episodes[index]
+        except KeyError:
+            raise KeyError(f"episode {index} of {self.session_dir} is not listed (or was found damaged)") from None
 
-    def locate(self, indices: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Flat step indices -> (episode numbers into `episodes`, step within the episode)."""
-        idx = np.asarray(indices, dtype=np.int64)
-        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
-            raise IndexError(f"step index out of range 0..{len(self) - 1}")
-        ep = np.searchsorted(self.starts, idx, side="right") - 1
-        return ep, idx - self.starts[ep]
+    def segments(self, index: int) -> list[tuple[int, int]]:
+        """Row ranges [a, b) of consecutive steps of episode `index` (`Episode.segments()`): a
+        transition (row t -> t + 1) exists only inside one."""
+        self.episode(index)
+        return list(self._segments[index])
 
-    def _ds(self, e: int, key: str):
-        ep = self.episodes[e]
-        if key not in ep.fields:
-            raise KeyError(f"{ep.path} has no array {key!r}")
-        self._open[e] = None
-        self._open.move_to_end(e)
+    # -- reading
+    def arrays(self, index: int, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        """Whole arrays `keys` of episode `index`, through the cache."""
+        episode = self.episode(index)
+        keys = list(keys)
+        for key in keys:
+            if key not in episode.fields:
+                raise KeyError(f"{episode.path} has no array {key!r}; it has {episode.keys}")
+        held = self._cache.get(index, {})
+        missing = [key for key in keys if key not in held]
+        if missing:
+            held = {**held, **self._read(index, lambda ep: {key: ep[key][()] for key in missing})}
+            if self.max_cached_episodes != 0:
+                self._cache[index] = held
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            while self.max_cached_episodes is not None and len(self._cache) > self.max_cached_episodes:
+                self._cache.popitem(last=False)
+        return {key: held[key] for key in keys}
+
+    def rows(self, key: str, episodes: Any, rows: Any) -> np.ndarray:
+        """Rows of `key`: element i is row ``rows[i]`` of episode ``episodes[i]`` (store indices;
+        the two broadcast together); shape (*shape, *per-step shape)."""
+        episodes, rows = np.broadcast_arrays(np.asarray(episodes, dtype=np.int64), np.asarray(rows, dtype=np.int64))
+        flat_episodes, flat_rows = episodes.reshape(-1), rows.reshape(-1)
+        spec = self._field(key, flat_episodes)
+        out = np.empty((flat_episodes.size, *spec.shape), dtype=spec.dtype)
+        indices, which, counts = np.unique(flat_episodes, return_inverse=True, return_counts=True)
+        steps = np.array([self.episode(int(i)).steps for i in indices], dtype=np.int64)
+        outside = np.flatnonzero((flat_rows < 0) | (flat_rows >= steps[which]))
+        if outside.size:
+            k = int(outside[0])
+            raise IndexError(f"row {flat_rows[k]} out of range 0..{steps[which[k]] - 1} of episode {flat_episodes[k]}")
+        order = np.argsort(which, kind="stable")
+        ends = np.cumsum(counts)
+        for n, index in enumerate(indices.tolist()):
+            group = order[ends[n] - counts[n] : ends[n]]
+            if self.max_cached_episodes != 0:
+                out[group] = self._whole(index, key)[flat_rows[group]]
+                continue
+            uniq, inverse = np.unique(flat_rows[group], return_inverse=True)
+            out[group] = self._read(index, lambda ep, uniq=uniq: _read_rows(ep, key, uniq))[inverse]
+        return out.reshape((*episodes.shape, *spec.shape))
+
+    def _whole(self, index: int, key: str) -> np.ndarray:
+        """The whole array `key` of episode `index` through the cache (`arrays` for one key)."""
+        held = self._cache.get(index)
+        if held is not None and key in held:
+            self._cache.move_to_end(index)
+            return held[key]
+        return self.arrays(index, [key])[key]
+
+    def _field(self, key: str, episodes: np.ndarray) -> FieldSpec:
+        """dtype and per-step shape of `key` (from the first episode asked for, else any having it)."""
+        candidates = [self.episode(int(episodes[0]))] if episodes.size else list(self.episodes.values())
+        for episode in candidates:
+            if key in episode.fields:
+                return episode.fields[key]
+        where = candidates[0].path if episodes.size else self.session_dir
+        raise KeyError(f"{where} has no array {key!r}")
+
+    def _read(self, index: int, read: Callable[[Episode], Any]) -> Any:
+        """``read(episode)`` with its file open (LRU-bounded); a failure drops the episode."""
+        episode = self.episodes[index]
+        self._open[index] = None
+        self._open.move_to_end(index)
         while len(self._open) > self._max_open:
             old, _ = self._open.popitem(last=False)
-            self.episodes[old].close()
-        return ep[key]
-
-    def episode_array(self, key: str, e: int) -> np.ndarray:
-        """The whole array `key` of episode `e` (an index into `episodes`)."""
-        return self._ds(e, key)[()]
-
-    def get(self, key: str, indices: Any) -> np.ndarray:
-        """Rows `indices` (flat step indices, any order, repeats allowed) of `key`, shape (len, *shape)."""
-        idx = np.asarray(indices, dtype=np.int64)
-        flat = idx.reshape(-1)
-        eps, steps = self.locate(flat)
-        spec = self.field(key)
-        out = np.empty((flat.size, *spec.shape), dtype=spec.dtype)
-        order = np.argsort(eps, kind="stable")
-        bounds = np.flatnonzero(np.diff(eps[order])) + 1
-        for group in np.split(order, bounds) if flat.size else []:
-            e = int(eps[group[0]])
-            ds = self._ds(e, key)
-            want = steps[group]
-            uniq, inv = np.unique(want, return_inverse=True)
-            if uniq.size * 4 >= self.lengths[e] or uniq.size > 256:
-                rows = ds[()][uniq]
-            elif uniq.size == uniq[-1] - uniq[0] + 1:
-                rows = ds[int(uniq[0]) : int(uniq[-1]) + 1]
-            else:
-                rows = ds[uniq]
-            out[group] = rows[inv]
-        return out.reshape((*idx.shape, *spec.shape))
-
-    def load(self, key: str) -> np.ndarray:
-        """Every step of `key`, concatenated over episodes (a full load: size it first)."""
-        spec = self.field(key)
-        out = np.empty((len(self), *spec.shape), dtype=spec.dtype)
-        for e in range(self.num_episodes):
-            out[self.starts[e] : self.starts[e + 1]] = self.episode_array(key, e)
-        return out
+            if old in self.episodes:
+                self.episodes[old].close()
+        try:
+            return read(episode)
+        except Exception as error:  # h5py may raise anything on a file changed since it was checked
+            reason = f"cannot be read any more: {' '.join(str(error).split()) or type(error).__name__}"
+        del self.episodes[index]
+        self._segments.pop(index, None)
+        self._cache.pop(index, None)
+        self._open.pop(index, None)
+        episode.close()
+        _warn_damaged(episode.path, reason)
+        raise DamagedEpisodeError(episode.path, reason)
 
     def close(self) -> None:
-        for e in self.episodes:
-            e.close()
+        """Close the open files (they re-open on access) and empty the cache."""
+        for episode in self.episodes.values():
+            episode.close()
         self._open.clear()
+        self._cache.clear()
 
-    def __enter__(self) -> StepsView:
+    def __enter__(self) -> SessionReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read_rows(episode: Episode, key: str, rows: np.ndarray) -> np.ndarray:
+    """Sorted distinct `rows` of `key`: one hyperslab for a contiguous run, the whole array when
+    they are many, else a point selection."""
+    ds = episode[key]
+    if rows.size * 4 >= episode.steps or rows.size > 256:
+        return ds[()][rows]
+    if rows.size == rows[-1] - rows[0] + 1:
+        return ds[int(rows[0]) : int(rows[-1]) + 1]
+    return ds[rows]
 
 
 MAX_SESSION_YAML_BYTES = 1 << 20

@@ -2,10 +2,17 @@
 the store is the replay buffer).
 
 Each `train(store)` of an explorer registers (`EpisodeReplay.sync`) the finished episodes the
-manifest lists that it has not seen; their arrays are read lazily, on first use, and cached by
-store index (optionally LRU-bounded, `ReplayConfig.max_cached_episodes`).  After a restart the
-cache is rebuilt from the store; the explorer's checkpoint holds networks, optimisers,
-normalisers, schedules, counters and random-generator states, never the data.
+manifest lists that it has not seen, through the store's reader (`store.SessionReader`: each
+episode checked once when listed, a damaged one skipped with the store's warning); their arrays
+are read on first use and cached by the reader (optionally LRU-bounded,
+`ReplayConfig.max_cached_episodes`).  After a restart the cache is rebuilt from the store; the
+explorer's checkpoint holds networks, optimisers, normalisers, schedules, counters and
+random-generator states, never the data.
+
+What the explorer saw is rebuilt from the session's own description (`store.read_session_spec`):
+the store fields of its observation (`SessionSpec.observation_fields`) put together as the
+collector did live (`SessionSpec.observation_from`), and for an image explorer the frames of the
+explorer's camera (`SessionSpec.explorer_camera`).
 
 The transition of an episode's last recorded step is not used: its next state is not recorded.
 Nor is that of the last step before a gap, in an episode salvaged with steps missing
@@ -16,16 +23,15 @@ field), as recorded; the explorer scales them to [-1, 1].
 
 from __future__ import annotations
 
-import collections
 import pathlib
-import warnings
 
 import numpy as np
 from pydantic import Field
 
 from collector.explorers.base import ExplorerSpec
 from safety.strict_model import StrictModel
-from store import DamagedEpisodeError, EpisodeInfo, open_episode, read_manifest
+from store import DamagedEpisodeError, SessionReader, SessionSpec, read_session_spec
+from store.spec import OBSERVATION_FIELDS
 
 
 class ReplayConfig(StrictModel):
@@ -39,76 +45,93 @@ class ReplayConfig(StrictModel):
     )
 
 
+def explorer_observation(session: SessionSpec, spec: ExplorerSpec) -> str:
+    """The observation kind of ``session`` an explorer built with ``spec`` acts on: ``image`` for
+    an image explorer; else the session's own kind when it has the explorer's size, or the
+    vector kind of that size (a session whose description leaves its observation at the
+    default).  ValueError when no kind of the session has that size."""
+    if spec.observation_kind == "image":
+        return "image"
+    size = (spec.observation_dim,)
+    kinds = [session.observation] if session.observation in OBSERVATION_FIELDS else []
+    for kind in [*kinds, *OBSERVATION_FIELDS]:
+        if session.observation_shape(kind) == size:
+            return kind
+    raise ValueError(
+        f"cannot rebuild {spec.observation_dim}-value explorer observations from session {session.session_id} "
+        f"(it records {session.observation} observations)"
+    )
+
+
 class EpisodeReplay:
     """The session's finished episodes as a replay buffer, read from the store.
 
-    `sync(session_dir)` registers the episodes the manifest lists that are not registered yet (by
-    store index) and returns their indices; arrays load on first use (`observations`, `actions`)
-    and stay cached (LRU-bounded by ``config.max_cached_episodes``).  A damaged episode is skipped
-    with a warning and never sampled.  Observations are what the explorer sees: vectors (q, dq[, cube_pos,
-    cube_quat]) as float32 (T, D), images of the explorer's camera as uint8 (T, H, W, 3).
+    `sync(session_dir)` registers the episodes its `SessionReader` lists since the last call
+    (those with at least one step) and returns their store indices; arrays load on first use
+    (`episode`, `gather`) and stay cached (LRU-bounded by ``config.max_cached_episodes``).  A
+    damaged episode is skipped with the store's warning and never sampled; one found damaged
+    while reading is dropped, and the read returns None (the tables are rebuilt: draw again).
+    Observations are what the explorer sees: vectors (the session's observation fields: q, dq[,
+    cube_pos, cube_quat]) as float32 (T, D), images of the explorer's camera as uint8
+    (T, H, W, 3).
 
-    Transitions (row t -> t + 1) exist only inside a segment (`Episode.segments()`: one for an
-    episode recorded whole; a salvaged one with steps missing has several).  The manifest does
-    not say which episodes have gaps: an episode's segments are read when it is first loaded
-    (`_cuts`, kept when its arrays are evicted), and `sample_transitions` loads the episodes of a
-    draw that were never loaded before it returns it (drawing again if one of them had gaps or was
-    damaged), so no sampled t is ever the last row of a segment."""
+    Transitions (row t -> t + 1) exist only inside a segment (`SessionReader.segments`: one for
+    an episode recorded whole; a salvaged one with steps missing has several), known when the
+    episode is listed, so no sampled t is ever the last row of a segment."""
 
     def __init__(self, spec: ExplorerSpec, config: ReplayConfig | None = None) -> None:
         self.spec = spec
         self.config = config if config is not None else ReplayConfig()
-        self.max_cached = self.config.max_cached_episodes
-        self.infos: dict[int, EpisodeInfo] = {}
-        self._cache: collections.OrderedDict[int, dict[str, np.ndarray]] = collections.OrderedDict()
-        self._camera: str | None = None
-        self._session_dir: pathlib.Path | None = None
-        self._inspected: set[int] = set()
-        """Store indices whose segments are known (loaded at least once)."""
+        self.reader: SessionReader | None = None
+        self.session: SessionSpec | None = None
+        """The session's description (`store.read_session_spec`), read by the first `sync`."""
+        self.observation_kind: str | None = None
+        """The session's observation kind the explorer acts on (`explorer_observation`)."""
+        self.fields: tuple[str, ...] = ()
+        """The store fields of that observation."""
         self._cuts: dict[int, np.ndarray] = {}
         """Episodes with gaps only: sorted rows t whose row t + 1 starts a new segment."""
-        self._tables_version = 0
         self._rebuild()
 
     # -- registration
     def sync(self, session_dir: str | pathlib.Path) -> list[int]:
         session_dir = pathlib.Path(session_dir)
-        if self._session_dir != session_dir:
-            self._session_dir, self._camera = session_dir, None
-        new = [info for info in read_manifest(session_dir) if info.index not in self.infos and info.steps > 0]
-        for info in new:
-            self.infos[info.index] = info
+        if self.reader is None or self.reader.session_dir != session_dir:
+            self._open(session_dir)
+        new = [episode.index for episode in self.reader.refresh() if episode.steps > 0]
         if new:
             self._rebuild()
-        return [info.index for info in new]
+        return new
+
+    def _open(self, session_dir: pathlib.Path) -> None:
+        """Read the session's description and start reading its episodes (none registered yet)."""
+        self.session = read_session_spec(session_dir)
+        self.observation_kind = explorer_observation(self.session, self.spec)
+        self.fields = self.session.observation_fields(self.observation_kind)
+        self.reader = SessionReader(
+            session_dir, required_keys=(*self.fields, "action"), max_cached_episodes=self.config.max_cached_episodes
+        )
 
     def _rebuild(self) -> None:
-        self.indices = np.array(sorted(self.infos), dtype=np.int64)
-        lengths = np.array([self.infos[i].steps for i in self.indices], dtype=np.int64)
+        episodes = [] if self.reader is None else [e for e in self.reader.episodes.values() if e.steps > 0]
+        self.indices = np.array([e.index for e in episodes], dtype=np.int64)
+        lengths = np.array([e.steps for e in episodes], dtype=np.int64)
         self.lengths = lengths
         self._state_ends = np.cumsum(lengths)
+        self._cuts = {}
+        for episode in episodes:
+            segments = self.reader.segments(episode.index)
+            if len(segments) > 1:
+                self._cuts[episode.index] = np.array([b - 1 for _, b in segments[:-1]], dtype=np.int64)
         counts = np.maximum(lengths - 1, 0)
         if self._cuts:  # episodes with gaps: one transition fewer per segment after the first
             counts = counts - np.array([len(self._cuts.get(int(i), ())) for i in self.indices], dtype=np.int64)
         self._transition_counts = counts
         self._transition_ends = np.cumsum(counts)
-        self._tables_version += 1
 
-    def _drop(self, index: int, reason: str) -> None:
-        warnings.warn(f"explorer replay: skipping damaged episode {index}: {reason}", stacklevel=3)
-        self.infos.pop(index, None)
-        self._cache.pop(index, None)
-        self._inspected.discard(index)
-        self._cuts.pop(index, None)
-        self._rebuild()
-
-    def _note_segments(self, index: int, segments: list[tuple[int, int]]) -> None:
-        """Record an episode's segments (once, on its first load); tables rebuilt if it has gaps."""
-        self._inspected.add(index)
-        cuts = np.array([b - 1 for _, b in segments[:-1]], dtype=np.int64)
-        if len(cuts):
-            self._cuts[index] = cuts
-            self._rebuild()
+    def __contains__(self, index: object) -> bool:
+        """Whether store index ``index`` is a registered episode (listed, not damaged, not empty)."""
+        return self.reader is not None and index in self.reader and self.reader.episode(index).steps > 0
 
     @property
     def total_states(self) -> int:
@@ -119,85 +142,37 @@ class EpisodeReplay:
         return int(self._transition_ends[-1]) if len(self._transition_ends) else 0
 
     def length(self, index: int) -> int:
-        return self.infos[index].steps
+        return self.reader.episode(index).steps
 
     # -- loading
-    def _observation_key(self, episode) -> list[str]:
-        spec = self.spec
-        if spec.observation_kind == "image":
-            if self._camera is None:
-                self._camera = self._session_camera()
-            candidates = [k for k in episode.keys if k.startswith("obs/images/")]
-            wanted = f"obs/images/{self._camera}" if self._camera else None
-            if wanted in candidates:
-                return [wanted]
-            shaped = [k for k in candidates if tuple(episode.fields[k].shape) == tuple(spec.image_shape)]
-            if not shaped:
-                raise DamagedEpisodeError(episode.path, f"no camera image of shape {spec.image_shape}")
-            return shaped[:1]
-        keys = ["obs/q", "obs/dq"]
-        if spec.observation_dim == 21:
-            keys += ["privileged/cube_pos", "privileged/cube_quat"]
-        elif spec.observation_dim != 14:
-            raise ValueError(f"cannot rebuild {spec.observation_dim}-value explorer observations from the store")
-        return keys
-
-    def _session_camera(self) -> str | None:
-        """The first camera of the session's robot options (the collector's explorer camera)."""
-        import yaml
-
-        try:
-            config = yaml.safe_load((self._session_dir / "session.yaml").read_text())
-            return config["robot"]["options"]["cameras"][0]["name"]
-        except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
-            return None
-
-    def _load(self, index: int) -> dict[str, np.ndarray] | None:
-        if index in self._cache:
-            self._cache.move_to_end(index)
-            return self._cache[index]
-        info = self.infos.get(index)
-        if info is None:  # dropped as damaged since it was drawn
-            return None
-        try:
-            with open_episode(info.path, expected_sha256=info.sha256, info=info) as episode:
-                keys = self._observation_key(episode)
-                arrays = [episode.load(k) for k in keys]
-                action = episode.load("action").astype(np.float32)
-                segments = None if index in self._inspected else episode.segments()
-        except (DamagedEpisodeError, KeyError, OSError) as error:
-            self._drop(index, str(error))
-            return None
-        if segments is not None:
-            self._note_segments(index, segments)
-        if self.spec.observation_kind == "image":
-            obs = arrays[0].astype(np.uint8, copy=False)
-        else:
-            obs = np.concatenate([a.reshape(len(a), -1) for a in arrays], axis=1).astype(np.float32)
-        data = {"obs": obs, "action": action}
-        self._cache[index] = data
-        if self.max_cached is not None:
-            while len(self._cache) > self.max_cached:
-                self._cache.popitem(last=False)
-        return data
+    def _observations(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Observations from store fields (whole arrays or rows)."""
+        observations = self.session.observation_from(arrays, self.observation_kind)
+        if self.observation_kind == "image":
+            return observations.astype(np.uint8, copy=False)
+        return observations.astype(np.float32)
 
     def episode(self, index: int) -> dict[str, np.ndarray] | None:
         """``{"obs", "action"}`` arrays of one registered episode, or None if it is damaged."""
-        return self._load(index)
+        if index not in self:
+            return None
+        try:
+            arrays = self.reader.arrays(index, (*self.fields, "action"))
+        except DamagedEpisodeError:
+            self._rebuild()
+            return None
+        return {"obs": self._observations(arrays), "action": arrays["action"].astype(np.float32)}
 
     # -- sampling (numpy Generator: part of the explorer's checkpointed state)
     def sample_transitions(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``n`` transitions uniformly over all (store index, row t) whose row t + 1 is the next
         step (the same segment: never across missing steps); empty arrays when there is none."""
-        while True:
-            if self.total_transitions == 0:
-                return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-            flat = rng.integers(0, self.total_transitions, size=n)
-            slot = np.searchsorted(self._transition_ends, flat, side="right")
-            starts = self._transition_ends - self._transition_counts
-            episodes, steps = self.indices[slot], flat - starts[slot]
-            if self._segments_known(episodes):
-                break
+        if self.total_transitions == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        flat = rng.integers(0, self.total_transitions, size=n)
+        slot = np.searchsorted(self._transition_ends, flat, side="right")
+        starts = self._transition_ends - self._transition_counts
+        episodes, steps = self.indices[slot], flat - starts[slot]
         if self._cuts:  # k-th transition of an episode with gaps -> its row, skipping segment ends
             for index in np.unique(episodes):
                 cuts = self._cuts.get(int(index))
@@ -205,17 +180,6 @@ class EpisodeReplay:
                     rows = episodes == index
                     steps[rows] += np.searchsorted(cuts - np.arange(len(cuts)), steps[rows], side="right")
         return episodes, steps
-
-    def _segments_known(self, episodes: np.ndarray) -> bool:
-        """Load the episodes of a draw never loaded before (their segments become known); False if
-        that changed the tables (an episode with gaps, or a damaged one dropped): draw again."""
-        unseen = [int(i) for i in np.unique(episodes) if int(i) not in self._inspected]
-        if not unseen:
-            return True
-        version = self._tables_version
-        for index in unseen:
-            self._load(index)
-        return self._tables_version == version
 
     def sample_states(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``min(n, all)`` distinct states uniformly over all (store index, step)."""
@@ -226,15 +190,14 @@ class EpisodeReplay:
         return self.indices[slot], flat - starts[slot]
 
     def gather(self, episodes: np.ndarray, steps: np.ndarray, key: str = "obs") -> np.ndarray | None:
-        """Rows ``steps`` of ``key`` of the given episodes, in order; None if one is damaged."""
-        out = None
-        for index in np.unique(episodes):
-            data = self._load(int(index))
-            if data is None:
-                return None
-            rows = np.nonzero(episodes == index)[0]
-            values = data[key][steps[rows]]
-            if out is None:
-                out = np.empty((len(episodes), *values.shape[1:]), dtype=values.dtype)
-            out[rows] = values
-        return out
+        """Rows ``steps`` of ``key`` (``obs`` or ``action``) of the given episodes, in order; None
+        if there is none or one is damaged."""
+        if len(episodes) == 0 or not all(index in self.reader.episodes for index in np.unique(episodes).tolist()):
+            return None  # none, or an episode dropped as damaged since it was drawn
+        try:
+            if key == "obs":
+                return self._observations({field: self.reader.rows(field, episodes, steps) for field in self.fields})
+            return self.reader.rows(key, episodes, steps).astype(np.float32)
+        except DamagedEpisodeError:
+            self._rebuild()
+            return None

@@ -271,7 +271,7 @@ class TD3Explorer(Explorer):
         for index in new:
             self._ingest(index)
             self.known_episodes.append(index)
-            steps += self.replay.length(index) if index in self.replay.infos else 0
+            steps += self.replay.length(index) if index in self.replay else 0
         c = self.config
         budget = c.updates_per_episode * len(new) if c.updates_per_episode is not None else steps
         losses: dict[str, list[float]] = collections.defaultdict(list)
@@ -298,7 +298,7 @@ class TD3Explorer(Explorer):
     def _train_rnd(self) -> float:
         """003 Algorithm 1 line 24: train f^ on the last M episodes for K epochs."""
         c = self.config
-        recent = [i for i in self.known_episodes if i in self.replay.infos][-c.episodes_per_cycle :]
+        recent = [i for i in self.known_episodes if i in self.replay][-c.episodes_per_cycle :]
         parts = [d["obs"] for d in (self.replay.episode(i) for i in recent) if d is not None]
         self.rnd_cycles += 1
         if parts:

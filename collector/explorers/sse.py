@@ -67,14 +67,19 @@ further does nothing, instead of predicting motion past the limit the filter wil
 (and calling it novel).  The filter's only memory (the previous command, for rate limiting) is
 close to dq, which is in the state.
 
-Replay.  The episode store is the replay buffer: `train(store)` reads the finished episodes of
-the session (its manifest) that are not yet in an in-memory cache keyed by store index; after a
-restart the cache is rebuilt from the store.  The checkpoint (`state_dict`) holds networks,
-optimisers, counters and random generator states, never data.  An episode salvaged from a damaged
-`.partial` with steps missing (`Episode.segments()`) gives transitions inside each run of
-consecutive steps only, never (x_t, a_t, x_t+k) across a gap: the last step before a gap is, like
-an episode's last step, the start of no transition.  Its done label stays 0 (the episode went on:
-that step did not end it); only an episode's last recorded step can be labelled done.
+Replay.  The episode store is the replay buffer: `train(store)` reads, through the store's
+reader (`store.SessionReader`: a damaged episode is skipped with the store's warning), the
+finished episodes the session's manifest listed since the last call, and keeps their states
+(latents, for images), scaled actions and done labels in memory by store index; after a restart
+they are rebuilt from the store.  The observation is rebuilt from the session's description
+(`store.read_session_spec`, as `replay.EpisodeReplay` does): its observation fields, or the
+frames of the explorer's camera (`SessionSpec.explorer_camera`).  The checkpoint
+(`state_dict`) holds networks, optimisers, counters and random generator states, never data.  An
+episode salvaged from a damaged `.partial` with steps missing (`Episode.segments()`) gives
+transitions inside each run of consecutive steps only, never (x_t, a_t, x_t+k) across a gap: the
+last step before a gap is, like an episode's last step, the start of no transition.  Its done
+label stays 0 (the episode went on: that step did not end it); only an episode's last recorded
+step can be labelled done.
 Explorers never see rewards or privileged state (proprio+object sessions are explicitly
 privileged: the cube pose *is* their observation).
 
@@ -90,7 +95,6 @@ from __future__ import annotations
 
 import math
 import pathlib
-import warnings
 from typing import Any, Literal
 
 import numpy as np
@@ -101,10 +105,9 @@ from torch import nn
 
 import nets
 from collector.explorers.base import Explorer, ExplorerConfig, ExplorerSpec
-from store import DamagedEpisodeError, DamagedEpisodeWarning, open_episode, read_manifest
+from collector.explorers.replay import explorer_observation
+from store import DamagedEpisodeError, Episode, SessionReader, SessionSpec, read_session_spec
 
-PROPRIO_KEYS = ("obs/q", "obs/dq")
-OBJECT_KEYS = ("privileged/cube_pos", "privileged/cube_quat")
 ENCODE_BATCH = 256
 """Frames encoded at once when a stored image episode is turned into latents."""
 
@@ -222,8 +225,7 @@ class SelfSupervisedExploration(Explorer):
         self.updates = 0
         self.transitions_consumed = 0
         self.train_calls = 0
-        self._cache: dict[int, dict[str, np.ndarray] | None] = {}
-        self._arrays: dict[str, np.ndarray] | None = None
+        self._forget_replay()
 
     def _build_networks(self, spec: ExplorerSpec, config: SSEConfig) -> None:
         self.image = spec.observation_kind == "image"
@@ -263,61 +265,56 @@ class SelfSupervisedExploration(Explorer):
         return self.action_limit * np.clip(action[0].double().numpy(), -1.0, 1.0)
 
     # ---- replay from the store ------------------------------------------------------------------
-    def _observation_keys(self, episode: Any, session_dir: pathlib.Path) -> tuple[str, ...]:
-        if not self.image:
-            keys = PROPRIO_KEYS if self.spec.observation_dim == 14 else PROPRIO_KEYS + OBJECT_KEYS
-            width = sum(int(np.prod(episode.fields[k].shape)) for k in keys if k in episode.fields)
-            if width != self.spec.observation_dim:
-                raise ValueError(f"cannot rebuild {self.spec.observation_dim}-d observations from {list(keys)}")
-            return keys
-        cameras = [k for k in episode.keys if k.startswith("obs/images/")]
-        first = _first_camera(session_dir)
-        if first is not None and f"obs/images/{first}" in cameras:
-            return (f"obs/images/{first}",)
-        matching = [k for k in sorted(cameras) if tuple(episode.fields[k].shape) == tuple(self.spec.image_shape)]
-        if not matching:
-            raise ValueError(f"no stored camera has the explorer's image shape {self.spec.image_shape}")
-        return (matching[0],)
+    def _forget_replay(self) -> None:
+        """Drop what was read from the store (the next `train` reads it again)."""
+        self.reader: SessionReader | None = None
+        self.session: SessionSpec | None = None
+        self.observation_kind: str | None = None
+        self.fields: tuple[str, ...] = ()
+        self._episodes: dict[int, dict[str, np.ndarray]] = {}
+        """Per store index: states x, scaled actions a, done labels (and pair_rows with gaps)."""
+        self._arrays: dict[str, np.ndarray] | None = None
 
-    def _load_episode(self, info: Any, session_dir: pathlib.Path) -> dict[str, np.ndarray] | None:
+    def _open(self, session_dir: pathlib.Path) -> None:
+        self.session = read_session_spec(session_dir)
+        self.observation_kind = explorer_observation(self.session, self.spec)
+        self.fields = self.session.observation_fields(self.observation_kind)
+        self.reader = SessionReader(session_dir, required_keys=(*self.fields, "action"), max_cached_episodes=0)
+
+    def _episode_data(self, episode: Episode) -> dict[str, np.ndarray] | None:
+        """States, scaled actions and done labels of a newly listed episode; None if it turns out
+        damaged (the reader has warned)."""
         try:
-            episode = open_episode(info.path, expected_sha256=info.sha256, info=info, required_keys=("action",))
-        except DamagedEpisodeError as error:
-            warnings.warn(f"sse: skipping damaged episode {error.path}: {error.reason}", DamagedEpisodeWarning, 2)
+            arrays = self.reader.arrays(episode.index, (*self.fields, "action"))
+        except DamagedEpisodeError:
             return None
-        with episode:
-            if episode.steps == 0:
-                return None
-            keys = self._observation_keys(episode, session_dir)
-            if self.image:
-                states = self.encode(episode.load(keys[0])).numpy()
-            else:
-                raw = np.concatenate([episode.load(k).reshape(episode.steps, -1) for k in keys], axis=1)
-                states = self.encode(raw).numpy()
-            actions = np.clip(episode.load("action") / self.action_limit, -1.0, 1.0).astype(np.float32)
-            done = np.zeros(episode.steps, dtype=np.float32)
-            done[-1] = float(episode.outcome in self.config.done_outcomes)
-            segments = episode.segments()
+        states = self.encode(self.session.observation_from(arrays, self.observation_kind)).numpy()
+        actions = np.clip(arrays["action"] / self.action_limit, -1.0, 1.0).astype(np.float32)
+        done = np.zeros(episode.steps, dtype=np.float32)
+        done[-1] = float(episode.outcome in self.config.done_outcomes)
+        segments = self.reader.segments(episode.index)
         data = {"x": states.astype(np.float32), "a": actions, "done": done}
         if len(segments) > 1:  # steps missing: rows t with a recorded next state t + 1 (no gap between)
             data["pair_rows"] = np.concatenate([np.arange(a, b - 1) for a, b in segments]).astype(np.int64)
         return data
 
     def _refresh(self, store: Any) -> int:
-        """Read finished episodes not yet cached; returns how many were added."""
+        """Read the episodes listed since the last call; returns how many were added."""
         session_dir = pathlib.Path(getattr(store, "session_dir", store))
+        if self.reader is None or self.reader.session_dir != session_dir:
+            self._open(session_dir)
         added = 0
-        for info in read_manifest(session_dir):
-            if info.index in self._cache:
-                continue
-            self._cache[info.index] = self._load_episode(info, session_dir)
-            added += 1
+        for episode in self.reader.refresh():
+            data = self._episode_data(episode) if episode.steps else None
+            if data is not None:
+                self._episodes[episode.index] = data
+                added += 1
         if added or self._arrays is None:
             self._arrays = self._concatenate()
         return added
 
     def _concatenate(self) -> dict[str, np.ndarray]:
-        episodes = [self._cache[i] for i in sorted(self._cache) if self._cache[i] is not None]
+        episodes = [self._episodes[i] for i in sorted(self._episodes)]
         empty_x = np.zeros((0, self.state_dim), np.float32)
         empty_a = np.zeros((0, self.spec.action_dim), np.float32)
         rows = [e.get("pair_rows", slice(0, -1)) for e in episodes]  # t with x_t+1 recorded: no gap
@@ -449,21 +446,4 @@ class SelfSupervisedExploration(Explorer):
         self.updates = int(counters["updates"])
         self.transitions_consumed = int(counters["transitions_consumed"])
         self.train_calls = int(counters["train_calls"])
-        self._cache, self._arrays = {}, None  # rebuilt from the store by the next train()
-
-
-def _first_camera(session_dir: pathlib.Path) -> str | None:
-    """The camera the collector shows image explorers: the first in the session's robot options."""
-    path = session_dir / "session.yaml"
-    if not path.exists():
-        return None
-    import yaml
-
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-        cameras = config.get("robot", {}).get("options", {}).get("cameras")
-    except (yaml.YAMLError, AttributeError):
-        return None
-    if isinstance(cameras, list) and cameras and isinstance(cameras[0], dict):
-        return cameras[0].get("name", "front")
-    return "front" if cameras is None else None
+        self._forget_replay()  # rebuilt from the store by the next train()

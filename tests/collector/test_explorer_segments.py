@@ -104,11 +104,13 @@ TRANSITIONS = {0: STEPS - 1, 1: 9 + 19, 2: STEPS - 1}
 
 @pytest.mark.parametrize("max_cached", [None, 1])
 def test_replay_samples_no_transition_across_the_gap(gapped_session, max_cached):
-    """A restarted explorer's view: episodes registered but never loaded (their gaps are found when
-    first drawn), with and without an LRU cache that evicts them again."""
+    """A restarted explorer's view: every episode registered at once and none loaded yet (the
+    gaps are known from the listing, `SessionReader.segments`), with and without an LRU cache
+    that evicts them again."""
     explorer = make_explorer("rnd", SPEC, SMALL_TD3 | {"max_cached_episodes": max_cached}, seed=0)
     replay = explorer.replay
     replay.sync(gapped_session)
+    assert replay.total_transitions == sum(TRANSITIONS.values()), "the gaps are known before any episode is read"
     rng = np.random.default_rng(1)
     seen: set[tuple[int, int]] = set()
     for _ in range(4):

@@ -4,6 +4,7 @@ small networks and synthetic sessions written through the real episode store."""
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from collector.explorers import ExplorerSpec, make_explorer
 from collector.explorers.gcrnd import GCRNDConfig, relabel_future_goals
 from collector.explorers.rnd import LearnedExplorerConfig
 from collector.explorers.rnd_bonus import RND
-from store import SessionStore, iter_episodes
+from store import DamagedEpisodeWarning, SessionStore, iter_episodes
 
 STEPS = 12
 IMAGE = (16, 16, 3)
@@ -318,7 +319,12 @@ def test_a_damaged_episode_is_skipped(session):
     victim = session.session_dir / "episodes" / "episode_000001.h5"
     victim.write_bytes(b"not an episode")
     explorer = make_explorer("gcrnd", _spec(), SMALL, seed=0)
-    with pytest.warns(UserWarning, match="damaged episode 1"):
+    with pytest.warns(DamagedEpisodeWarning, match="skipping damaged episode .*episode_000001.h5"):
         stats = explorer.train(session)
     assert stats["td3_updates"] > 0
-    assert 1 not in explorer.replay.infos
+    assert 1 not in explorer.replay and 0 in explorer.replay
+    assert list(explorer.replay.indices) == [0, 2] and explorer.known_episodes == [0, 2]
+    session.add()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # listed once, skipped once: no warning at every train
+        assert explorer.train(session)["td3_updates"] == 4

@@ -56,9 +56,13 @@ def _keep_torch_threads():
     torch.set_num_threads(threads)
 
 
+SESSION_YAML = "robot:\n  options:\n    cameras: [{name: front, width: 24, height: 24}]\n"
+"""The session's description (the collector always writes one): the explorer's camera is front."""
+
+
 @pytest.fixture
 def store(tmp_path):
-    with SessionStore.open(tmp_path, "s") as opened:
+    with SessionStore.open(tmp_path, "s", session_yaml_text=SESSION_YAML) as opened:
         rng = np.random.default_rng(0)
         for i in range(4):
             _record(opened, rng, outcome="safety_stop" if i == 1 else "complete")
@@ -142,7 +146,7 @@ def test_save_load_round_trip_gives_identical_actions_and_training_and_continues
 
 
 def test_updates_default_to_one_per_new_transition_and_wait_for_warmup(tmp_path):
-    with SessionStore.open(tmp_path, "s") as store:
+    with SessionStore.open(tmp_path, "s", session_yaml_text=SESSION_YAML) as store:
         explorer = _explorer(updates_per_episode=None, batch_size=32)
         _record(store, np.random.default_rng(0), steps=20)
         assert explorer.train(store)["sse_updates"] == 0, "19 transitions < batch 32"

@@ -18,7 +18,7 @@ import yaml
 
 from collector.config import parse_session_config
 from learning.dataset import DamagedSessionError, OfflineDataset, read_session_info
-from store import SPEC_FILE, SessionSpec, SpecError, iter_episodes, read_session_spec
+from store import SPEC_FILE, SessionReader, SessionSpec, SpecError, iter_episodes, read_session_spec
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sessions_before_spec"
 
@@ -47,6 +47,7 @@ def test_an_old_session_with_defaults_left_out_gets_the_defaults_of_its_time(old
         "random_linear",
     )
     assert [(c.name, c.width, c.height) for c in spec.cameras] == [("front", 84, 84)]
+    assert SessionReader(session).spec == spec and spec.explorer_camera == "front"
     # The derived defaults are what the old collector actually recorded.
     (episode,) = _episodes(session)
     with episode:

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import h5py
@@ -21,9 +22,9 @@ from store import (
     DamagedEpisodeError,
     DamagedEpisodeWarning,
     SessionLocked,
+    SessionReader,
     SessionStore,
     StepSchemaError,
-    StepsView,
     StoreWriteError,
     atomic_write_bytes,
     flatten_step,
@@ -321,9 +322,16 @@ def test_readers_skip_damaged_files_with_a_warning(tmp_path):
     messages = " ".join(str(w.message) for w in caught)
     for i in range(4):
         assert f"episode_00000{i}.h5" in messages
-    with pytest.warns(DamagedEpisodeWarning):
-        view = StepsView(tmp_path)
-    assert len(view) == 24 + 25 and view.num_episodes == 2
+    with pytest.warns(DamagedEpisodeWarning) as caught:
+        reader = SessionReader(sd)
+        listed = reader.refresh()
+    assert [e.index for e in listed] == [4, 5] and sum(e.steps for e in listed) == 24 + 25
+    assert sorted(str(w.message).split(":")[0].rsplit("/", 1)[-1] for w in caught) == [
+        f"episode_00000{i}.h5" for i in range(4)
+    ], "each damaged file is named once"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert reader.refresh() == [], "a damaged episode is skipped once, never listed again"
 
 
 def test_schema_and_missing_key_problems_are_named(tmp_path):
@@ -504,26 +512,82 @@ def test_finish_retries_after_space_is_freed_on_real_tmpfs(tmp_path):
 # -------------------------------------------------------------------------------- reading
 
 
-def test_steps_view_over_two_sessions(tmp_path):
-    for sid, lengths in [("a", [10, 3]), ("b", [7])]:
-        with SessionStore.open(tmp_path, sid, free_space_floor_bytes=0) as store:
-            for n in lengths:
-                record(store, n)
-    view = StepsView([tmp_path / "a", tmp_path / "b"])
-    assert len(view) == 20 and view.num_episodes == 3
-    assert list(view.lengths) == [10, 3, 7] and list(view.starts) == [0, 10, 13, 20]
-    ep, st = view.locate([0, 9, 10, 12, 13, 19])
-    assert list(ep) == [0, 0, 1, 1, 2, 2] and list(st) == [0, 9, 0, 2, 0, 6]
-    q = view.get("obs/q", [19, 0, 12, 12, 5])
-    assert list(q[:, 0]) == [6.0, 0.0, 1002.0, 1002.0, 5.0]
-    assert view.get("obs/images/front", np.array([[1, 2], [11, 13]])).shape == (2, 2, 8, 8, 3)
-    assert view.load("time").shape == (20,) and view.load("safety/intervened").dtype == bool
-    assert "obs/q" in view.keys and view.field("obs/q").shape == (7,)
+def test_session_reader_lists_new_episodes_and_reads_rows(tmp_path):
+    with open_store(tmp_path) as store:
+        for n in (10, 3):
+            record(store, n)
+        reader = SessionReader(tmp_path / "sess")
+        assert [(e.index, e.steps) for e in reader.refresh()] == [(0, 10), (1, 3)]
+        assert reader.refresh() == [], "only the episodes listed since the last call"
+        record(store, 7)
+        assert [(e.index, e.steps) for e in reader.refresh()] == [(2, 7)]
+    assert list(reader.episodes) == [0, 1, 2] and 2 in reader and 3 not in reader
+    assert [reader.segments(i) for i in range(3)] == [[(0, 10)], [(0, 3)], [(0, 7)]]
+    q = reader.rows("obs/q", [2, 0, 1, 1, 0], [6, 0, 2, 2, 5])  # any order, repeats allowed
+    assert list(q[:, 0]) == [2006.0, 0.0, 1002.0, 1002.0, 5.0]
+    assert reader.rows("obs/images/front", [[0, 0], [1, 2]], [[1, 2], [1, 3]]).shape == (2, 2, 8, 8, 3)
+    np.testing.assert_array_equal(reader.rows("obs/tip_pos", 1, [0, 1, 2])[:, 0], [1000.0, 1001.0, 1002.0])
+    arrays = reader.arrays(0, ["time", "safety/intervened"])
+    assert arrays["time"].shape == (10,) and arrays["safety/intervened"].dtype == bool
     with pytest.raises(IndexError):
-        view.get("obs/q", [20])
-    small = StepsView(tmp_path, max_open_files=1)  # a data root: both sessions
-    assert len(small) == 20 and list(small.get("obs/dq", [19, 0, 10])[:, 0]) == [-6.0, -0.0, -1000.0]
-    view.close()
+        reader.rows("obs/q", [1], [3])
+    with pytest.raises(IndexError):
+        reader.rows("obs/q", [1], [-1])
+    with pytest.raises(KeyError, match="episode 9"):
+        reader.rows("obs/q", [9], [0])
+    with pytest.raises(KeyError, match="no array"):
+        reader.arrays(0, ["obs/nothing"])
+    reader.close()
+
+
+@pytest.mark.parametrize("cached", [None, 1, 0])
+def test_session_reader_cache_and_open_files_are_bounded(tmp_path, cached):
+    with open_store(tmp_path) as store:
+        for n in (10, 3, 7):
+            record(store, n)
+    reader = SessionReader(tmp_path / "sess", max_cached_episodes=cached, max_open_files=1)
+    reader.refresh()
+    for _ in range(2):
+        dq = reader.rows("obs/dq", [2, 0, 1, 0], [6, 0, 2, 9])
+        assert list(dq[:, 0]) == [-2006.0, -0.0, -1002.0, -9.0]
+        assert sum(e._file is not None for e in reader.episodes.values()) <= 1, "one HDF5 file open at most"
+    first = reader.arrays(0, ["obs/dq"])["obs/dq"]
+    assert (reader.arrays(0, ["obs/dq"])["obs/dq"] is first) == (cached != 0), "read again unless cached"
+    reader.arrays(1, ["obs/dq"])
+    assert (reader.arrays(0, ["obs/dq"])["obs/dq"] is first) == (cached is None), "evicted by the LRU bound"
+    reader.close()
+
+
+def test_session_reader_drops_an_episode_damaged_after_it_was_listed(tmp_path):
+    with open_store(tmp_path) as store:
+        infos = [record(store, 5) for _ in range(2)]
+    reader = SessionReader(tmp_path / "sess")
+    assert len(reader.refresh()) == 2
+    infos[1].path.write_bytes(b"not an episode any more")
+    with (
+        pytest.warns(DamagedEpisodeWarning, match="episode_000001.h5: cannot be read any more"),
+        pytest.raises(DamagedEpisodeError, match="cannot be read any more"),
+    ):
+        reader.rows("obs/q", [0, 1], [0, 0])
+    assert list(reader.episodes) == [0] and reader.refresh() == []
+    assert reader.rows("obs/q", [0], [4])[0, 0] == 4.0
+
+
+def test_session_reader_required_keys_and_unlisted_episodes(tmp_path):
+    with open_store(tmp_path) as store:
+        for n in (4, 5):
+            record(store, n)
+    sd = tmp_path / "sess"
+    with pytest.warns(DamagedEpisodeWarning, match="missing required arrays"):
+        assert SessionReader(sd, required_keys=["privileged/cube_pos"]).refresh() == []
+    manifest = sd / "manifest.jsonl"
+    manifest.write_text(manifest.read_text().splitlines(keepends=True)[0])  # episode 1's line lost
+    assert [e.index for e in SessionReader(sd).refresh()] == [0], "the manifest's episodes only"
+    reader = SessionReader(sd, include_unlisted=True, verify_checksum=False)
+    progress: list[int] = []
+    with pytest.warns(DamagedEpisodeWarning, match="is not listed in"):
+        assert [e.index for e in reader.refresh(progress.append)] == [0, 1]
+    assert progress == [1, 2] and reader.episodes[1].info is None
 
 
 def test_episode_outlives_its_iteration(tmp_path):
