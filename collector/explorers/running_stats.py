@@ -12,27 +12,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from gymnasium.wrappers.utils import RunningMeanStd as _GymnasiumRunningMeanStd
 
 
-class RunningMeanStd:
-    """Running mean / variance per component (Chan et al.'s parallel update, as the RND code)."""
+class RunningMeanStd(_GymnasiumRunningMeanStd):
+    """Running mean / variance per component: gymnasium's (Chan et al.'s parallel update, the same
+    as the RND code's), with the RND code's initial count (1e-4) and ``std`` floor (1e-8 under the
+    square root), empty batches ignored, and a checkpointable state."""
 
     def __init__(self, shape: Sequence[int] = ()) -> None:
-        self.mean = np.zeros(tuple(shape), dtype=np.float64)
-        self.var = np.ones(tuple(shape), dtype=np.float64)
-        self.count = 1e-4
+        super().__init__(epsilon=1e-4, shape=tuple(shape), dtype=np.float64)
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x, dtype=np.float64)
         if len(x) == 0:
             return
-        batch_mean, batch_var, n = x.mean(axis=0), x.var(axis=0), len(x)
-        delta = batch_mean - self.mean
-        total = self.count + n
-        self.mean = self.mean + delta * n / total
-        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
-        self.var = m2 / total
-        self.count = total
+        super().update(x)
 
     @property
     def std(self) -> np.ndarray:
