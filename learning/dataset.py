@@ -73,12 +73,11 @@ from store import (
     read_manifest,
     read_session_spec,
 )
+from store.spec import OBSERVATION_FIELDS
 
 OBS_KINDS = ("proprio", "proprio+object", "image")
-VECTOR_KEYS = {
-    "proprio": ("obs/q", "obs/dq"),
-    "proprio+object": ("obs/q", "obs/dq", "privileged/cube_pos", "privileged/cube_quat"),
-}
+VECTOR_KEYS = OBSERVATION_FIELDS
+"""Store fields of each vector observation kind, in order (`store.spec.OBSERVATION_FIELDS`)."""
 BASE_KEYS = ("obs/q", "obs/dq", "obs/tip_pos", "command")
 
 
