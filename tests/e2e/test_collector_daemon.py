@@ -189,8 +189,9 @@ def test_kill_minus_nine_ten_times_loses_no_finished_episode(tmp_path):
     salvaged = [e for e in manifest if e.outcome == "crash_salvaged"]
     assert salvaged, "no interrupted episode was salvaged in ten kills"
     for info in salvaged:
-        # whole flushed chunks only: every 10 steps, or after 1 s when the loop is slow (a loaded machine)
-        assert 0 < info.steps < 40, "a salvaged episode holds the steps flushed before the kill, never a full one"
+        # whole flushed chunks only: every 10 steps, or after 1 s when the loop is slow (a loaded
+        # machine); all 40 when the kill came while the finished episode was being written
+        assert 0 < info.steps <= 40, "a salvaged episode holds the steps flushed before the kill"
 
 
 @pytest.mark.parametrize(
