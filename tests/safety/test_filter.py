@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from safety import SafeCommand, SafetyEvent, SafetyFilter
-from safety.filter import max_speed_toward
+from safety.filter import brake, max_speed_toward
 from tests.safety.helpers import HOME_Q, LIMITS, inside, make_state, margins, random_inside_q
 
 PERIOD = 0.05
@@ -63,7 +63,13 @@ def check_step(state, command: SafeCommand, events: list[SafetyEvent], previous:
     assert np.all(jump_ok | braking), (v, previous)
     if not np.all(jump_ok):  # a harder-than-allowed change is reported
         assert any(e.kind in ("emergency_brake", "nonfinite", "fault") for e in events)
-    assert inside(state.q + v * PERIOD), margins(state.q + v * PERIOD)
+    unstoppable = any(e.kind == "emergency_brake" and e.where == "all" for e in events)
+    if unstoppable:
+        # A state moving toward a limit faster than even the published acceleration can stop it
+        # before the limit (drawn here, never reached through the filter): the hardest braking.
+        np.testing.assert_array_equal(v, brake(previous, HARD_STEP))
+    else:
+        assert inside(state.q + v * PERIOD), margins(state.q + v * PERIOD)
     for event in events:
         event.to_dict()
 
@@ -264,3 +270,18 @@ def test_from_random_start_poses_no_link_pair_or_link_and_table_comes_closer_tha
         )
         assert np.all(table_clearance >= table_margin - 1e-9), table_clearance
         assert collision_model.wrist_clearance(q) >= -1e-9
+
+
+@pytest.mark.parametrize("action_space", ["joint_velocity", "tip_delta"])
+def test_a_state_that_cannot_stop_inside_gets_the_hardest_braking(action_space):
+    """Found by hypothesis: the tool tip 0.26 mm inside x_min while joint 2 moves it outward at
+    0.455 rad/s.  Even braking at the published acceleration ends 0.83 mm outside; the filter
+    says so (``emergency_brake`` on all joints) and brakes every joint as hard as the arm can."""
+    q = np.array([0.19594198, 1.02268135, 0.43511661, -1.73174017, 0.3121053, 1.29270587, -1.53173254])
+    dq = np.array([-0.04388393, 0.45519166, 0.23777596, -0.35215709, -0.12145953, -0.06123526, 0.48884639])
+    state = make_state(q, dq, time=419.0)
+    action = np.zeros(7 if action_space == "joint_velocity" else 3)
+    command, events = SafetyFilter(LIMITS, 20.0, action_space).filter(state, action)
+    np.testing.assert_array_equal(command.values, brake(np.clip(dq, -CAP, CAP), HARD_STEP))
+    assert any(e.kind == "emergency_brake" and e.where == "all" for e in events)
+    check_step(state, command, events, np.clip(dq, -CAP, CAP))
