@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import yaml
 
 from collector.checkpoint import (
     DamagedCheckpointError,
@@ -42,7 +43,7 @@ from collector.checkpoint import (
     load_explorer_checkpoint,
     quarantine_checkpoint,
 )
-from collector.config import SessionConfig, dump_session_config
+from collector.config import ConfigError, SessionConfig, dump_session_config, parse_session_config
 from collector.control import AddressUnavailable, ControlServer
 from collector.explorers import Explorer, ExplorerSpec, make_explorer
 from collector.state import Activity, CollectorState, HoldKind
@@ -54,9 +55,11 @@ from store import (
     EpisodeRecorder,
     SessionLocked,
     SessionStore,
+    SpecError,
     StoreWriteError,
     atomic_write_bytes,
     read_manifest,
+    read_session_spec,
 )
 
 CHECKPOINT_PATH = pathlib.Path("explorer") / "checkpoint.pt"
@@ -156,7 +159,7 @@ class Collector:
             self.store = SessionStore.open(
                 config.data_root,
                 self.session_id,
-                session_yaml_text=dump_session_config(resolved),
+                session_yaml_text=self._session_yaml_text(resolved),
                 spec_text=self.spec.to_json(),
                 flush_every_steps=config.store.flush_every_steps,
                 free_space_floor_bytes=int(config.store.free_space_floor_mb * 1e6),
@@ -169,6 +172,10 @@ class Collector:
             raise StartRefused(
                 f"session folder {config.data_root / self.session_id} cannot be opened: {error}"
             ) from None
+        try:
+            read_session_spec(self.store.session_dir)  # what the explorers and the trainer will read
+        except SpecError as error:
+            raise StartRefused(f"{error}; restore it, or record a new session") from None
         manifest = read_manifest(self.store.session_dir)
         self.episodes = len(manifest)
         self.steps = sum(info.steps for info in manifest)
@@ -184,6 +191,23 @@ class Collector:
         self.safe = SafeDriver(self.driver, config.safety, config.action_space, watchdog=watchdog)
         self.monitor = ViolationMonitor(config.safety)
         self.explorer = self._build_explorer()
+
+    def _session_yaml_text(self, resolved: SessionConfig) -> str:
+        """session.yaml's text for this run: the resolved config, or, resuming a session whose
+        session.yaml says the same once resolved (written before options were resolved, or by a
+        version with fewer defaulted options), that file's own text, so the store does not record a
+        config change that is none."""
+        text = dump_session_config(resolved)
+        existing = pathlib.Path(self.config.data_root) / self.session_id / "session.yaml"
+        try:
+            recorded = existing.read_text(encoding="utf-8")
+            if recorded != text:
+                earlier = parse_session_config(yaml.safe_load(recorded), str(existing))
+                if dump_session_config(earlier.resolved(self.session_id)) == text:
+                    return recorded
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError, ValueError, TypeError):
+            pass  # no session.yaml yet, or one that does not parse: the store keeps it and records ours beside it
+        return text
 
     def _observation_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         limits = self.config.safety
@@ -372,9 +396,13 @@ class Collector:
             if faults >= MAX_CONSECUTIVE_FAULTS:
                 self.store.log_event("giving_up", faults=faults, fsync=True)
                 return 1
-        if lifecycle.needs_reset and not (lifecycle.estopped or lifecycle.estop_requested):
+        if lifecycle.needs_reset and lifecycle.may_move_home():
             with contextlib.suppress(DriverFault):
-                self._recover_arm()  # leave the arm at home, at rest (never after an e-stop)
+                self._recover_arm()  # leave the arm at home, at rest
+        elif lifecycle.needs_reset:
+            with contextlib.suppress(DriverFault):
+                self.safe.stop()  # at rest where it is: e-stopped, or held for the operator
+            self.store.log_event("not_moved_home", reason=lifecycle.hold_reason or "e-stop", fsync=True)
         lifecycle.enter(Activity.stopped)
         self.store.log_event("session_stop", episodes=self.episodes, steps=self.steps, fsync=True)
         self._poll(force_telemetry=True)

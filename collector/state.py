@@ -154,6 +154,14 @@ class CollectorState:
     def request_estop(self) -> None:
         self.estop_requested = True
 
+    def may_move_home(self) -> bool:
+        """Whether the arm may be moved home when the session ends: not after an e-stop (it stays
+        where it stopped), and not while held for safety violations or for a reset that found no
+        safe path (the operator was asked to inspect or guide the arm first)."""
+        if self.estopped or self.estop_requested:
+            return False
+        return self.hold is None or self.hold.kind not in (HoldKind.safety, HoldKind.reset)
+
     def take_estop_request(self) -> bool:
         """Whether an e-stop was requested since the last call (the episode loop ends the episode)."""
         requested, self.estop_requested = self.estop_requested, False

@@ -26,11 +26,14 @@ from rich.table import Table
 from collector.checkpoint import DamagedCheckpointError, check_explorer_checkpoint, load_explorer_checkpoint
 from store import (
     SESSION_YAML,
+    SPEC_FILE,
     DamagedEpisodeError,
+    SpecError,
     find_sessions,
     iter_episodes,
     open_episode,
     read_manifest,
+    read_session_spec,
     read_session_yaml,
     verify_session,
 )
@@ -317,7 +320,9 @@ def verify(paths: Sequence[str | pathlib.Path], console: Console | None = None) 
     """Checksums, schema and readability of every file; True when every session is clean.
 
     Besides the episode files (`store.verify_session`): session.yaml must be readable
-    YAML holding a mapping, and the explorer checkpoint, when there is one, must load
+    YAML holding a mapping, the session's description must read (`store.read_session_spec`:
+    session_spec.json, or for an older session the one derived from session.yaml), and the
+    explorer checkpoint, when there is one, must load
     (`collector.checkpoint.load_explorer_checkpoint`).  A session.yaml that parses but does not
     validate as this version's session config is reported (CONFIG) without failing: a config
     written by an older pandalab may not validate, and the data is still sound."""
@@ -335,6 +340,13 @@ def verify(paths: Sequence[str | pathlib.Path], console: Console | None = None) 
             config_problem = _config_problem(session)
             if config_problem:
                 lines.append(f"  CONFIG   {SESSION_YAML} does not validate with this pandalab: {config_problem}")
+        spec_problem = None
+        if not yaml_problem or (session / SPEC_FILE).exists():
+            try:
+                read_session_spec(session)  # session_spec.json, or derived from session.yaml
+            except SpecError as error:
+                spec_problem = str(error)
+                lines.append(f"  DAMAGED  {spec_problem}")
         checkpoint_problem = _checkpoint_problem(session, full=True)
         if checkpoint_problem:
             lines.append(f"  DAMAGED  {CHECKPOINT.as_posix()}: {checkpoint_problem}")
@@ -343,7 +355,7 @@ def verify(paths: Sequence[str | pathlib.Path], console: Console | None = None) 
             lines.append(
                 f"  NOTE     {QUARANTINE}/ holds {len(quarantined)} file(s) set aside: {', '.join(quarantined)}"
             )
-        ok = report.clean and not yaml_problem and not checkpoint_problem
+        ok = report.clean and not yaml_problem and not spec_problem and not checkpoint_problem
         clean &= ok
         style = "green" if ok else "red"
         console.print(f"[{style}]{'OK' if ok else 'PROBLEMS'}[/{style}] " + escape("\n".join(lines)))
@@ -354,7 +366,7 @@ def video(
     session: str | pathlib.Path, episode: int, out: str | pathlib.Path | None, camera: str | None, fps: float
 ) -> pathlib.Path:
     """Write an H.264 mp4 of one camera of one episode (`store.video.write_mp4`)."""
-    from store.video import write_mp4
+    from store.video import VideoError, write_mp4
 
     session = pathlib.Path(session)
     listed = {e.index: e for e in read_manifest(session)}
@@ -372,7 +384,12 @@ def video(
         raise DataToolError(f"{recorded.path}: no camera {camera!r}; recorded: {', '.join(cameras)}")
     frames = recorded.load(f"obs/images/{camera}")
     out = pathlib.Path(out or session / f"episode_{episode:06d}_{camera}.mp4")
-    return write_mp4(out, frames, fps)
+    try:
+        return write_mp4(out, frames, fps)
+    except VideoError as error:
+        raise DataToolError(str(error)) from None
+    except OSError as error:
+        raise DataToolError(f"{out}: cannot write: {error.strerror or error}") from None
 
 
 def _occupied_cells(points: np.ndarray, bounds, cell: float) -> int:

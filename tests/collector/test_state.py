@@ -92,3 +92,19 @@ def test_an_operator_estop_holds_until_resume_but_one_during_a_stop_ends_the_ses
     state.request_estop()
     state.estop_done()
     assert state.estopped and not state.paused and state.hold is None
+
+
+def test_the_arm_is_moved_home_at_the_end_only_when_nothing_asked_the_operator_to_look_first():
+    state = CollectorState()
+    assert state.may_move_home()
+    expected = {HoldKind.safety: False, HoldKind.reset: False, HoldKind.disk: True, HoldKind.store: True}
+    for kind, allowed in expected.items():
+        state = CollectorState()
+        state.hold_for(kind, "why")
+        assert state.may_move_home() is allowed, kind
+    state = CollectorState()
+    state.request_stop()
+    state.request_estop()
+    assert not state.may_move_home()
+    state.estop_done()
+    assert not state.may_move_home()

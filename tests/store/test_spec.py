@@ -157,3 +157,34 @@ def test_an_image_observation_without_a_camera_is_refused_in_one_line():
         spec.observation_shape()
     with pytest.raises(SpecError, match="unknown observation kind"):
         spec.observation_fields("pixels")
+
+
+def test_resuming_an_old_session_with_its_own_config_records_no_config_change(old_sessions):
+    """Its session.yaml left the backend's defaults out; resolved, it says the same as ours."""
+    from pandalab.cli import main
+
+    session = old_sessions / "recorded-before-spec-defaults"
+    recorded = yaml.safe_load((session / "session.yaml").read_text())
+    recorded["data_root"] = str(old_sessions)  # as if recorded here
+    recorded["control_address"] = f"ipc://{old_sessions}/c"
+    recorded["telemetry_address"] = f"ipc://{old_sessions}/t"
+    text = yaml.safe_dump(recorded, sort_keys=False)
+    (session / "session.yaml").write_text(text)
+    config = old_sessions / "config.yaml"
+    config.write_text(text)
+    assert main(["collect", "--config", str(config)]) == 0  # its stop condition is already met
+    assert sorted(p.name for p in session.glob("session*")) == ["session.yaml"]
+    assert (session / "session.yaml").read_text() == text
+    assert read_session_spec(session).cameras[0].width == 84  # still derived from its session.yaml
+
+
+def test_a_damaged_spec_refuses_the_start_and_fails_verify(tmp_path, capsys):
+    from pandalab.cli import main
+
+    session = _collect(tmp_path)
+    (session / SPEC_FILE).write_text("{not json")
+    assert main(["collect", "--config", str(tmp_path / "session.yaml")]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{session / SPEC_FILE}: damaged {SPEC_FILE}" in err[0]
+    assert main(["data", "verify", str(session)]) == 1
+    assert f"DAMAGED  {session / SPEC_FILE}" in capsys.readouterr().out
