@@ -76,8 +76,6 @@ from store import (
 from store.spec import OBSERVATION_FIELDS
 
 OBS_KINDS = ("proprio", "proprio+object", "image")
-VECTOR_KEYS = OBSERVATION_FIELDS
-"""Store fields of each vector observation kind, in order (`store.spec.OBSERVATION_FIELDS`)."""
 BASE_KEYS = ("obs/q", "obs/dq", "obs/tip_pos", "command")
 
 
@@ -348,7 +346,7 @@ class OfflineDataset:
         self.num_states = size
         self.outcomes = [e.outcome for e in episodes]
 
-        vec_keys = VECTOR_KEYS.get(obs, ())
+        vec_keys = OBSERVATION_FIELDS.get(obs, ())
         task_keys = ["obs/tip_pos"] + ([k for k in PRIVILEGED_KEYS] if self.task.requires_privileged else [])
         vector = np.empty((size, sum(int(np.prod(episodes[0].fields[k].shape)) for k in vec_keys)), np.float32)
         actions = np.empty((size, 7), np.float32)

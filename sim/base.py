@@ -71,8 +71,7 @@ import numpy as np
 from robot_drivers.base import DriverFault, FaultReason, RobotDriver
 from robot_drivers.types import NUM_JOINTS, ActionSpace, Command, RobotState
 from safety import resolved_rate
-from safety.limits import FRANKA_DDDQ_MAX as FRANKA_DDDQ_MAX_PUBLISHED
-from safety.limits import FRANKA_DDQ_MAX, FRANKA_DQ_MAX
+from safety.limits import FRANKA_DDDQ_MAX, FRANKA_DDQ_MAX, FRANKA_DQ_MAX
 from sim.config import CameraConfig, SimConfig
 from sim.scene import CUBE_START_POS, CUBE_START_QUAT, DEFAULT_HOME_Q, top_face_index
 
@@ -86,9 +85,6 @@ room for contact forces (an arm the tip_delta controller pressed into the cube a
 above a command at the maximum in MuJoCo)."""
 JOINT_ACCELERATION_LIMIT = np.array(FRANKA_DDQ_MAX)
 """Franka's published maximum joint accelerations, rad/s^2: the command ramp's rate."""
-FRANKA_DDDQ_MAX = np.array(FRANKA_DDDQ_MAX_PUBLISHED)
-"""Franka's published maximum joint jerks (`safety.limits.FRANKA_DDDQ_MAX`), rad/s^3: the command
-ramp's acceleration changes by at most this times the timestep per substep."""
 IK_BRAKING_ACCELERATION = 0.75 * JOINT_ACCELERATION_LIMIT
 """Deceleration, rad/s^2, the resolved-rate controller plans with: it asks for no joint speed it
 could not brake from at this rate within the joint motion left to the tool-tip target (three
@@ -149,7 +145,7 @@ class SimPandaDriver(RobotDriver):
         self._connected = True
         self._ramp_step = JOINT_ACCELERATION_LIMIT * self.physics_timestep_s
         self._engine_step = self._ramp_step * self.servo_acceleration_fraction
-        self._jerk_step = FRANKA_DDDQ_MAX * self.physics_timestep_s**2
+        self._jerk_step = np.asarray(FRANKA_DDDQ_MAX) * self.physics_timestep_s**2
         # A change per substep within +-ramp_step changes by at most 2 * ramp_step from one substep
         # to the next: the jerk limit only binds where that exceeds jerk_step (timesteps under 4 ms).
         self._jerk_binds = bool(np.any(self._jerk_step < 2.0 * self._ramp_step))

@@ -24,8 +24,7 @@ import pytest
 
 from robot_drivers import ActionSpace, Command, create_driver
 from safety import SafetyLimits, kinematics
-from safety.limits import FRANKA_DDQ_MAX, FRANKA_DQ_MAX
-from sim.base import FRANKA_DDDQ_MAX
+from safety.limits import FRANKA_DDDQ_MAX, FRANKA_DDQ_MAX, FRANKA_DQ_MAX
 from sim.config import SimConfig
 from sim.scene import CUBE_START_POS, DEFAULT_HOME_Q
 
@@ -107,7 +106,7 @@ class Substeps:
         acceleration = np.diff(target, axis=0) / self.h
         jerk = np.diff(acceleration, axis=0) / self.h
         assert np.all(np.abs(acceleration) <= ACCELERATION_MAX * (1 + 1e-9)), np.abs(acceleration).max(axis=0)
-        assert np.all(np.abs(jerk) <= FRANKA_DDDQ_MAX * (1 + 1e-9)), np.abs(jerk).max(axis=0)
+        assert np.all(np.abs(jerk) <= np.asarray(FRANKA_DDDQ_MAX) * (1 + 1e-9)), np.abs(jerk).max(axis=0)
         assert np.all(np.abs(target) <= SPEED_MAX * (1 + 1e-12))
 
 
