@@ -21,7 +21,11 @@ spaces.  Everything is measured on the simulator's own state, per (simulator, ac
   above the limit is kept too);
 - **capsule clearances** (`safety.collision_model.clearances` of the measured joint angles, every
   substep): the closest link-link pair and link-table capsule, where and when;
-- **filter time** per `SafetyFilter.filter` call (mean, p99 from a log histogram, max).
+- **filter time** per `SafetyFilter.filter` call (mean, p99 from a log histogram, max);
+- **collision reflex stops**: commands the simulated arm's collision reflex faulted
+  (robot_drivers/collision_reflex.py: a contact force over Franka's default thresholds, usually
+  the fingers striking the cube).  As the collector does, the soak lets the arm brake to rest,
+  then resets it and goes on with the episode's next step; the first few are kept with their step.
 
 The run is resumable.  Work proceeds in whole episodes of `EPISODE_STEPS` steps, each starting
 with a reset and seeded by (seed, simulator, action space, episode index), so episode k is the same
@@ -126,6 +130,8 @@ class Tally:
         self.contact_pairs: dict[str, int] = {}
         self.contact_examples: list[dict] = []
         self.substeps_in_contact = 0
+        self.reflexes = 0
+        self.reflex_examples: list[dict] = []
         self.position_violations = self.velocity_violations = 0
         self.acc_free_violations = self.acc_free_over_published = self.acc_contact_over_published = 0
         self.acc_examples: list[dict] = []
@@ -157,6 +163,7 @@ class Tally:
         "substeps",
         "monitor_violations",
         "substeps_in_contact",
+        "reflexes",
         "position_violations",
         "velocity_violations",
         "acc_free_violations",
@@ -164,7 +171,7 @@ class Tally:
         "acc_contact_over_published",
         "filter_calls",
     )
-    _EXAMPLES = ("violation_examples", "contact_examples", "acc_examples")
+    _EXAMPLES = ("violation_examples", "contact_examples", "acc_examples", "reflex_examples")
 
     def merge(self, other: Tally) -> None:
         for name in self._COUNTS:
@@ -290,7 +297,7 @@ class Soak:
     def episode(self, index: int, steps: int = EPISODE_STEPS, stop: Callable[[], bool] | None = None) -> Tally | None:
         """Episode ``index``: a reset, then ``steps`` adversarial steps; its `Tally`, or None if
         ``stop()`` turned true before it ended."""
-        from robot_drivers import ActionSpace, Command
+        from robot_drivers import ActionSpace, Command, DriverFault, FaultReason
 
         driver, limits, tally = self.driver, self.limits, Tally()
         rng = episode_rng(self.seed, self.backend, self.action_space, index)
@@ -320,7 +327,14 @@ class Soak:
             b = int((math.log10(max(dt, 1e-12)) - HIST_LOG10_MIN) * HIST_BINS_PER_DECADE)
             b = min(max(b, 0), 10 * HIST_BINS_PER_DECADE)
             tally.filter_hist[b] = tally.filter_hist.get(b, 0) + 1
-            driver.send(Command(ActionSpace(command.kind), command.values))
+            reflex = None
+            try:
+                driver.send(Command(ActionSpace(command.kind), command.values))
+            except DriverFault as fault:
+                if fault.reason is not FaultReason.collision_reflex:
+                    raise
+                reflex = fault.message  # the arm stopped itself: brake to rest, then reset (as the collector)
+                driver.stop()
             state = driver.read_state()
             # The monitor's view: each control step's state against the operating limits.
             q, tip = state.q, state.tip_pos
@@ -343,6 +357,15 @@ class Soak:
                     )
             prev_dq, prev_touching = self._substeps(tally, index, step, prev_dq, prev_touching)
             tally.steps += 1
+            if reflex is not None:
+                tally.reflexes += 1
+                if len(tally.reflex_examples) < EXAMPLES:
+                    tally.reflex_examples.append({"episode": index, "step": step, "reason": reflex, "q": q.tolist()})
+                state = driver.reset(None)
+                self.filter.reset()
+                self.recorder.take()
+                prev_dq = driver._joint_state()[1]
+                prev_touching = bool(driver.arm_contacts())
         tally.episodes = 1
         tally.elapsed_s = time.perf_counter() - start
         return tally
@@ -466,6 +489,8 @@ def summary(backend: str, action_space: str, tally: Tally) -> dict:
         "contact_pairs": dict(tally.contact_pairs),
         "contact_examples": tally.contact_examples,
         "substeps_in_contact": tally.substeps_in_contact,
+        "reflexes": tally.reflexes,
+        "reflex_examples": tally.reflex_examples,
         "published": {
             "position": tally.position_violations,
             "velocity": tally.velocity_violations,
@@ -505,7 +530,7 @@ def report(result: dict) -> str:
             f"{result['backend']:>9} {result['action_space']:>14}: {result['steps']} steps, "
             f"{result['ms_per_step']:.2f} ms/step, monitor violations {result['violations']}, "
             f"engine contacts {result['collisions']} (substeps touching anything, cube included: "
-            f"{result['substeps_in_contact']})",
+            f"{result['substeps_in_contact']}), collision reflex stops {result['reflexes']}",
             f"    published limits (substeps over): position {published['position']}, velocity "
             f"{published['velocity']}, acceleration free space {published['acceleration_free']} "
             f"(> {1 + ACCELERATION_TOLERANCE:g}x; > 1x: {published['acceleration_free_over_published']}), "
@@ -524,11 +549,11 @@ def report(result: dict) -> str:
 
 
 TABLE_HEADER = (
-    "| simulator | action space | steps | self contacts | table contacts | monitor violations "
+    "| simulator | action space | steps | self contacts | table contacts | reflex stops | monitor violations "
     f"| published-limit violations: pos / vel / acc free (> {1 + ACCELERATION_TOLERANCE:g}x) / acc in contact (> 1x) "
     "| closest link-link | closest link-table | max joint acc / published: free / contact "
     "| filter ms mean / p99 |\n"
-    "|---|---|--:|--:|--:|--:|--:|---|---|--:|--:|"
+    "|---|---|--:|--:|--:|--:|--:|--:|---|---|--:|--:|"
 )
 SIMULATOR_NAMES = {"robosuite": "MuJoCo (robosuite)", "pybullet": "PyBullet"}
 
@@ -540,7 +565,7 @@ def table_row(result: dict) -> str:
     return (
         f"| {SIMULATOR_NAMES.get(result['backend'], result['backend'])} | {result['action_space']} "
         f"| {result['steps']:,} | {result['collisions']['self_collision']} | {result['collisions']['table_collision']} "
-        f"| {result['violations']} | {published['position']} / {published['velocity']} / "
+        f"| {result['reflexes']} | {result['violations']} | {published['position']} / {published['velocity']} / "
         f"{published['acceleration_free']} / {published['acceleration_contact_over_published']} "
         f"| {pair['where']} {1000 * pair['distance_m']:.1f} mm | {table['where']} {1000 * table['distance_m']:.1f} mm "
         f"| {max(acc_free):.3f} / {max(acc_contact):.2f} "

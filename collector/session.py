@@ -8,8 +8,9 @@ The step loop (DESIGN.md):
     recorder.append(step)                          # non-blocking: the store's writer thread persists it
 
 An episode ends when it reaches its length (outcome ``complete``), when the violation monitor
-finds the arm outside its limits or the simulator reports a collision (``safety_stop``), on a
-driver fault (``fault``), or on an operator e-stop (``operator_stop``).  Then the explorer learns
+finds the arm outside its limits, the simulator reports a collision or the arm's own collision
+reflex stopped it (``safety_stop``, robot_drivers/collision_reflex.py), on another driver fault
+(``fault``), or on an operator e-stop (``operator_stop``).  Then the explorer learns
 from it, its state is checkpointed atomically, and the arm is reset (planned through the safety
 filter on hardware, teleported in simulation).
 
@@ -47,7 +48,7 @@ from collector.config import ConfigError, SessionConfig, dump_session_config, pa
 from collector.control import AddressUnavailable, ControlServer
 from collector.explorers import Explorer, ExplorerSpec, make_explorer
 from collector.state import Activity, CollectorState, HoldKind
-from robot_drivers import ActionSpace, DriverFault, RobotState, create_driver
+from robot_drivers import ActionSpace, DriverFault, FaultReason, RobotState, create_driver
 from robot_drivers.safe_driver import SafeDriver
 from safety import ResetPlanningError, SafetyEvent, ViolationMonitor, Watchdog, contact_events
 from safety.types import INCIDENT_KINDS
@@ -557,8 +558,12 @@ class Collector:
                         missed_deadlines += 1
                     next_deadline += period
         except DriverFault as fault:
-            outcome = "fault"
-            self.store.log_event("driver_fault", reason=fault.reason.value, message=fault.message, fsync=True)
+            if fault.reason is FaultReason.collision_reflex:  # the arm stopped itself: a safety stop
+                outcome = "safety_stop"
+                self._count_events([SafetyEvent("collision_reflex", None, 1.0, fault.message)], counts, log_all=True)
+            else:
+                outcome = "fault"
+                self.store.log_event("driver_fault", reason=fault.reason.value, message=fault.message, fsync=True)
         if outcome != "complete":
             with contextlib.suppress(DriverFault):
                 safe.stop()

@@ -19,6 +19,7 @@ class FaultReason(enum.StrEnum):
     simulation_unstable = "simulation_unstable"
     reset_failed = "reset_failed"
     robot_error = "robot_error"
+    collision_reflex = "collision_reflex"
     camera_error = "camera_error"
     timeout = "timeout"
 

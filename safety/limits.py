@@ -47,6 +47,19 @@ FRANKA_DDQ_MAX: Vec7 = (15.0, 7.5, 10.0, 12.5, 15.0, 20.0, 20.0)
 FRANKA_DDDQ_MAX: Vec7 = (7500.0, 3750.0, 5000.0, 6250.0, 7500.0, 10000.0, 10000.0)
 """Franka's published maximum joint jerks of the Panda, rad/s^3
 (https://frankaemika.github.io/docs/control_parameters.html)."""
+FRANKA_COLLISION_TORQUE_THRESHOLDS_NM: Vec7 = (20.0, 20.0, 18.0, 18.0, 16.0, 14.0, 12.0)
+"""External joint torque at which a Franka's collision reflex stops the arm, N m per joint: the
+values libfranka's examples set with ``setCollisionBehavior`` (``setDefaultBehavior``)."""
+FRANKA_COLLISION_FORCE_THRESHOLDS: tuple[float, float, float, float, float, float] = (
+    20.0,
+    20.0,
+    20.0,
+    25.0,
+    25.0,
+    25.0,
+)
+"""External wrench at the tool at which the reflex stops the arm: force x, y, z in N, then torque x,
+y, z in N m (libfranka's examples, as above)."""
 DEFAULT_ACCELERATION_LIMIT: Vec7 = tuple(0.5 * a for a in FRANKA_DDQ_MAX)  # type: ignore[assignment]
 """Operating joint acceleration limit, rad/s^2: half of Franka's published maximum."""
 

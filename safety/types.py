@@ -36,6 +36,7 @@ EVENT_KINDS = (
     "violation",  # a state outside the limits (monitor)
     "self_collision",  # simulator contact of the arm with itself
     "table_collision",  # simulator contact of the arm with the table
+    "collision_reflex",  # the arm's own collision reflex stopped it (external force over threshold)
     "hold",  # too many violations in the window: hold for the operator
 )
 """Every ``SafetyEvent.kind`` this package emits."""

@@ -69,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from robot_drivers.base import DriverFault, FaultReason, RobotDriver
+from robot_drivers.collision_reflex import reflex_reason
 from robot_drivers.types import NUM_JOINTS, ActionSpace, Command, RobotState
 from safety import resolved_rate
 from safety.limits import FRANKA_DDDQ_MAX, FRANKA_DDQ_MAX, FRANKA_DQ_MAX
@@ -136,6 +137,9 @@ class SimPandaDriver(RobotDriver):
         """Whether the servo target has reached the last command (plus correction)."""
         self._q_ref = self._zeros
         """The position hold's reference: the integral of the ramped command, rad."""
+        self.reflex: str | None = None
+        """Why the collision reflex stopped the arm (one line), or None; until `reset` clears it,
+        `send` refuses every command (a real arm in reflex mode waits for error recovery)."""
 
     # ---- RobotDriver -------------------------------------------------------------------------
     def connect(self) -> None:
@@ -183,10 +187,14 @@ class SimPandaDriver(RobotDriver):
             )
         if not np.all(np.isfinite(command.values)):
             raise DriverFault(FaultReason.invalid_command, f"non-finite command values {command.values}")
+        if self.reflex is not None:
+            raise DriverFault(FaultReason.collision_reflex, f"{self.reflex}; the arm is stopped until a reset")
         if command.kind is ActionSpace.joint_velocity:
             self._advance_with_joint_velocity(command.values)
         else:
             self._advance_with_tip_delta(command.values)
+        if self.reflex is not None:  # tripped during this period: the arm braked to a stop meanwhile
+            raise DriverFault(FaultReason.collision_reflex, self.reflex)
 
     def stop(self) -> None:
         """Command zero joint velocity, period by period, until the arm is at rest.
@@ -221,6 +229,7 @@ class SimPandaDriver(RobotDriver):
         if home.shape != (NUM_JOINTS,) or not np.all(np.isfinite(home)):
             raise DriverFault(FaultReason.reset_failed, f"home must be 7 finite joint angles, got {home!r}")
         self._reset_scene(home.copy(), CUBE_START_POS.copy(), CUBE_START_QUAT.copy())
+        self.reflex = None  # the simulated counterpart of libfranka's automaticErrorRecovery
         self._servo_target = self._target_change = self._zeros
         self._ramp_reached = True
         self._anchor_hold()
@@ -280,6 +289,9 @@ class SimPandaDriver(RobotDriver):
         error = np.minimum(np.maximum(self._q_ref - q, -HOLD_MAX_ERROR_RAD), HOLD_MAX_ERROR_RAD)
         q_ref = q + error
         correction = error / max(HOLD_TIME_CONSTANT_S, n * h)
+        reflex = self.reflex is not None
+        if reflex:  # stopped by the collision reflex: brake to rest, whatever was asked
+            command = correction = self._zeros
         command = np.minimum(np.maximum(command, -speed), speed)
         goal = np.minimum(np.maximum(command + correction, -speed), speed)
         target, change = self._servo_target, self._target_change
@@ -306,19 +318,39 @@ class SimPandaDriver(RobotDriver):
             engine = self._command_servo(np.minimum(np.maximum(target, dq - reach), dq + reach), dq)
             if k > 1 and not (engine == target).all():
                 k = 1
-            self._step_physics(1)
-            if k > 1:  # the target is reached: hold it for the rest of the call
+            stepped = self._watched_substeps(1)
+            if k > 1 and (reflex or self.reflex is None):  # the target is reached: hold it for the rest
                 self._command_servo(engine, engine)
-                self._step_physics(k - 1)
+                stepped += self._watched_substeps(k - 1)
                 change = self._zeros
-            q_ref = q_ref + (target - correction) * (k * h)  # the integral of the ramped command
-            done += k
+            q_ref = q_ref + (target - correction) * (stepped * h)  # the integral of the ramped command
+            done += stepped
             if done >= n:
                 break
+            if not reflex and self.reflex is not None:  # the reflex tripped: brake for the rest
+                reflex, goal, correction = True, self._zeros, self._zeros
             dq = self._joint_state()[1]
         self._target_change = change
         self._ramp_reached = bool((target == goal).all())
         self._q_ref = q_ref
+
+    def _watched_substeps(self, n: int) -> int:
+        """Step the physics ``n`` substeps, checking the collision reflex after each (as the real
+        arm does at 1 kHz); returns how many were stepped: fewer than ``n`` when the reflex tripped
+        (`reflex` then says why)."""
+        if self.reflex is not None:  # already stopped by the reflex: nothing more to watch
+            self._step_physics(n)
+            return n
+        for done in range(1, n + 1):
+            self._step_physics(1)
+            torques = self._external_joint_torques()
+            if torques is None:
+                continue
+            reason = reflex_reason(torques, self._tip_jacobian(), self.config.collision_reflex)
+            if reason is not None:
+                self.reflex = reason
+                return done
+        return n
 
     def _advance_with_tip_delta(self, delta: np.ndarray) -> None:
         tip, rotation = self._tip_pose()
@@ -400,6 +432,13 @@ class SimPandaDriver(RobotDriver):
     @abc.abstractmethod
     def _step_physics(self, n: int) -> None:
         """Advance the physics by ``n`` steps of `physics_timestep_s`, gripper held closed."""
+
+    @abc.abstractmethod
+    def _external_joint_torques(self) -> np.ndarray | None:
+        """The arm joints' torques (7,), N m, from the contact forces the engine applied to the arm
+        and hand in the last substep (self contacts included), or None when the arm touched
+        nothing: what a real arm's external torque estimate measures.  Called after every substep:
+        cheap when nothing touches."""
 
     @abc.abstractmethod
     def _arm_contacts(self) -> list[tuple[str, str]]:

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
+from robot_drivers.collision_reflex import CollisionReflexConfig
 from robot_drivers.registry import SIMULATED_BACKENDS
 from robot_drivers.types import ActionSpace
 from safety.strict_model import StrictModel
@@ -46,6 +47,11 @@ class SimConfig(StrictModel):
         (CameraConfig(),), description="Cameras rendered at every state read; empty for none."
     )
     seed: int = Field(0, ge=0, description="Seed of every random choice the simulation makes.")
+    collision_reflex: CollisionReflexConfig = Field(
+        CollisionReflexConfig(),
+        description="Thresholds of the simulated arm's collision reflex (as a real Franka's): an "
+        "external force above them stops the arm and faults the command (robot_drivers/collision_reflex.py).",
+    )
 
     @field_validator("cameras")
     @classmethod

@@ -313,6 +313,45 @@ class PyBulletPanda(SimPandaDriver):
         jacobian = np.vstack([np.array(linear), np.array(angular)])
         return jacobian[:, self._arm_columns]
 
+    def _external_joint_torques(self) -> np.ndarray | None:
+        """Sum over the arm's contact points of ``J(p)^T f``: each point's normal and friction force
+        on the arm (Bullet's ``contactNormalOnB`` points from the other body to the arm) through the
+        linear Jacobian at that point; for a self contact, the force on each of the two links."""
+        cid, robot = self.client, self.robot_id
+        contacts = [c for c in pybullet.getContactPoints(bodyA=robot, physicsClientId=cid) if c[9] > 0.0]
+        if not contacts:
+            return None
+        states = pybullet.getJointStates(robot, self._movable_joints, physicsClientId=cid)
+        positions = [s[0] for s in states]
+        zeros = [0.0] * len(positions)
+        frames: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        torques = np.zeros(NUM_JOINTS)
+
+        def add(link: int, point: tuple[float, ...], force: np.ndarray) -> None:
+            if link < 0:  # the fixed base: no joint feels it
+                return
+            if link not in frames:
+                state = pybullet.getLinkState(robot, link, computeForwardKinematics=True, physicsClientId=cid)
+                rotation = np.array(pybullet.getMatrixFromQuaternion(state[5])).reshape(3, 3)
+                frames[link] = (np.array(state[4]), rotation)
+            origin, rotation = frames[link]
+            # calculateJacobian takes the point in the link's URDF frame (see `_tip_jacobian`).
+            local = rotation.T @ (np.asarray(point) - origin)
+            linear, _ = pybullet.calculateJacobian(
+                robot, link, local.tolist(), positions, zeros, zeros, physicsClientId=cid
+            )
+            torques[:] += np.asarray(linear)[:, self._arm_columns].T @ force
+
+        for contact in contacts:
+            body_a, body_b, link_a, link_b, point_a, point_b, normal_on_b = contact[1:8]
+            force = contact[9] * np.asarray(normal_on_b)
+            force += contact[10] * np.asarray(contact[11]) + contact[12] * np.asarray(contact[13])
+            if body_a == robot:
+                add(link_a, point_a, force)
+            if body_b == robot:
+                add(link_b, point_b, -force)
+        return torques
+
     def _gripper_width(self) -> float:
         states = pybullet.getJointStates(self.robot_id, self.finger_joints, physicsClientId=self.client)
         return float(sum(s[0] for s in states))

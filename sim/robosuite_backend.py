@@ -354,6 +354,7 @@ class RobosuitePanda(SimPandaDriver):
         self._ff = ids(mujoco.mjtObj.mjOBJ_ACTUATOR, [f"pandalab_ff_j{i + 1}" for i in range(NUM_JOINTS)])
         self._acc_full = np.zeros(model.nv)
         self._force_full = np.zeros(model.nv)
+        self._contact_torque_full = np.zeros(model.nv)
         # The same indices as slices where consecutive, for the per-substep code.
         self._qpos_at = _as_slice(self._arm_qpos)
         self._dof_at = _as_slice(self._arm_dof)
@@ -401,6 +402,14 @@ class RobosuitePanda(SimPandaDriver):
                 self._geom_other.append("cube")
             else:
                 self._geom_other.append("table")  # the table, and the floor beside it
+        # Geom pairs whose contact forces act on an arm joint: those involving a robot part, except
+        # two parts beyond joint 7 (link 7, hand, fingers: the closed fingers press on each other
+        # all the time, and no arm joint lies between them).
+        part = self._geom_part
+        on_robot, beyond_joint_7 = part >= 0, part >= ARM_PARTS.index("link7")
+        self._felt_by_arm_joints = (on_robot[:, None] | on_robot[None, :]) & ~(
+            beyond_joint_7[:, None] & beyond_joint_7[None, :]
+        )
 
     def _build_renderers(self) -> None:
         cameras = self.config.cameras
@@ -528,6 +537,34 @@ class RobosuitePanda(SimPandaDriver):
         data.qpos[self._cube_qpos : self._cube_qpos + 3] = self.base_rot_world @ cube_pos + self.base_pos_world
         data.qpos[self._cube_qpos + 3 : self._cube_qpos + 7] = cube_quat / np.linalg.norm(cube_quat)
         mujoco.mj_forward(model, data)
+
+    def _external_joint_torques(self) -> np.ndarray | None:
+        """``J^T f`` over the constraint rows of the arm's contacts (MuJoCo's ``qfrc_constraint``
+        restricted to contacts that involve the arm or hand): the contact forces solved in the last
+        step, at the arm's joints.  Joint limits and joint friction, also constraints, are not
+        contacts and are left out."""
+        data = self.data
+        ncon = data.ncon
+        if ncon == 0:
+            return None
+        contact = data.contact
+        geoms = contact.geom[:ncon]
+        on_arm = self._felt_by_arm_joints[geoms[:, 0], geoms[:, 1]]
+        if not on_arm.any():
+            return None
+        rows = np.zeros(data.nefc)
+        for index in np.flatnonzero(on_arm):
+            start = contact.efc_address[index]
+            if start < 0:  # excluded or inactive: no force
+                continue
+            count = (
+                contact.dim[index]
+                if self.model.opt.cone == mujoco.mjtCone.mjCONE_ELLIPTIC
+                else max(1, 2 * (contact.dim[index] - 1))
+            )
+            rows[start : start + count] = data.efc_force[start : start + count]
+        mujoco.mj_mulJacTVec(self.model, data, self._contact_torque_full, rows)
+        return self._contact_torque_full[self._dof_at].copy()
 
     def _arm_contacts(self) -> list[tuple[str, str]]:
         ncon = self.data.ncon

@@ -11,6 +11,7 @@ from safety.kinematics import rotation_error
 from sim.config import SimConfig
 from sim.pybullet_backend import ARM_TORQUE_LIMITS, PyBulletPanda
 from sim.scene import CUBE_FACES, CUBE_START_POS, DEFAULT_HOME_Q, TABLE_TOP_Z, TOOL_TIP_OFFSET, quat_with_face_up
+from tests.sim import REFLEX_OFF
 
 POINTING_DOWN_Q = np.array([0.0, 0.19634954, 0.0, -2.61799388, 0.0, 0.19634954 + 2.61799388, 0.78539816])
 """Home with joint 6 chosen so that the tool points straight down (q6 = q2 - q4)."""
@@ -75,7 +76,8 @@ def test_tip_jacobian_matches_finite_differences_of_the_tip_pose(driver):
     np.testing.assert_allclose(jacobian, numeric, atol=2e-4)
 
 
-def test_arm_contacts_none_at_home_and_the_table_when_driven_into_it(driver):
+def test_arm_contacts_none_at_home_and_the_table_when_driven_into_it():
+    driver = make(cameras=(), collision_reflex=REFLEX_OFF)  # pressed into the table on purpose
     driver.reset(DEFAULT_HOME_Q)
     assert driver.arm_contacts() == []
     seen = set()
@@ -85,6 +87,7 @@ def test_arm_contacts_none_at_home_and_the_table_when_driven_into_it(driver):
     assert ("panda_leftfinger", "table") in seen and ("panda_rightfinger", "table") in seen, seen
     assert all(other == "table" for _, other in seen), seen
     assert driver.tip_pose()[0][2] > TABLE_TOP_Z - 0.01, "the arm went through the table"
+    driver.close()
 
 
 def test_arm_contacts_report_self_collision_but_not_the_closed_fingers(driver):
@@ -99,7 +102,7 @@ def test_arm_contacts_report_self_collision_but_not_the_closed_fingers(driver):
 
 def test_arm_contacts_report_the_cube_and_do_not_change_the_simulation():
     commands = [np.array([0.0, 0.5, 0.0, 0.3, 0.0, -0.3, 0.0])] * 30
-    watched, unwatched = make(cameras=()), make(cameras=())
+    watched, unwatched = make(cameras=(), collision_reflex=REFLEX_OFF), make(cameras=(), collision_reflex=REFLEX_OFF)
     try:
         contacts = set()
         for driver in (watched, unwatched):

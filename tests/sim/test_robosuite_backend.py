@@ -10,6 +10,7 @@ from robot_drivers import ActionSpace, Command
 from sim.config import SimConfig
 from sim.robosuite_backend import PANDA_TORQUE_LIMITS, RobosuitePanda
 from sim.scene import CUBE_FACE_COLOURS, CUBE_START_POS, DEFAULT_HOME_Q, TABLE_TOP_Z, TOOL_TIP_OFFSET
+from tests.sim import REFLEX_OFF
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,9 @@ def test_arm_holds_still_under_a_zero_command(driver):
     np.testing.assert_allclose(state.dq, 0.0, atol=1e-3)
 
 
-def test_no_arm_contacts_at_home_and_a_table_contact_when_pressed_into_the_table(tip_driver):
+def test_no_arm_contacts_at_home_and_a_table_contact_when_pressed_into_the_table():
+    tip_driver = RobosuitePanda(SimConfig(action_space="tip_delta", cameras=(), collision_reflex=REFLEX_OFF))
+    tip_driver.connect()
     tip_driver.reset(DEFAULT_HOME_Q)
     assert tip_driver.arm_contacts() == []
     assert tip_driver.data.ncon > 0  # the closed fingers' pads touch each other: never reported
@@ -120,6 +123,7 @@ def test_no_arm_contacts_at_home_and_a_table_contact_when_pressed_into_the_table
     assert {other for _, other in contacts} == {"table"}
     assert {part for part, _ in contacts} <= {"left_finger", "right_finger", "hand"}
     assert tip_driver.tip_pose()[0][2] < TABLE_TOP_Z + 0.01
+    tip_driver.close()
 
 
 def test_cube_slides_when_pushed_low_and_the_fingers_report_touching_it(tip_driver):

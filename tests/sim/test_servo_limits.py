@@ -27,6 +27,7 @@ from safety import SafetyLimits, kinematics
 from safety.limits import FRANKA_DDDQ_MAX, FRANKA_DDQ_MAX, FRANKA_DQ_MAX
 from sim.config import SimConfig
 from sim.scene import CUBE_START_POS, DEFAULT_HOME_Q
+from tests.sim import REFLEX_OFF
 
 BACKENDS = ["robosuite", "pybullet"]
 ACCELERATION_MAX = np.array(FRANKA_DDQ_MAX)
@@ -44,8 +45,8 @@ PATTERN = np.array([1.0, -1.0, 1.0, 1.0, -1.0, 1.0, 1.0])
 """Signs of a velocity command that moves every joint (parallel axes in opposite senses)."""
 
 
-def make(backend: str, action_space: str = "joint_velocity"):
-    driver = create_driver(backend, SimConfig(backend=backend, action_space=action_space, cameras=()))
+def make(backend: str, action_space: str = "joint_velocity", **options):
+    driver = create_driver(backend, SimConfig(backend=backend, action_space=action_space, cameras=(), **options))
     driver.connect()
     return driver
 
@@ -191,10 +192,13 @@ def test_tip_delta_control_stays_within_the_published_accelerations_in_free_spac
     record.assert_commanded_within_limits()
 
 
-def test_pressing_the_cube_into_the_table_stays_below_the_published_joint_speeds(tip_driver):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pressing_the_cube_into_the_table_stays_below_the_published_joint_speeds(backend):
     """The auditor's case: the fingers pressing the cube into the table (PyBullet had joint 6 at
-    3.33 rad/s).  Accelerations in contact are impulsive and only printed."""
-    tip_driver.reset(DEFAULT_HOME_Q)
+    3.33 rad/s).  Accelerations in contact are impulsive and only printed.  The collision reflex
+    would stop this at the first touch (test_collision_reflex.py): off here, to see the servo
+    itself in a long contact."""
+    tip_driver = make(backend, "tip_delta", collision_reflex=REFLEX_OFF)
     above = CUBE_START_POS + np.array([0.0, 0.0, 0.06])
     for _ in range(30):
         _send(tip_driver, np.clip(above - tip_driver.tip_pose()[0], -0.02, 0.02))
@@ -205,6 +209,7 @@ def test_pressing_the_cube_into_the_table_stays_below_the_published_joint_speeds
             _send(tip_driver, [0.0, 0.0, -0.02] if step < 40 else [0.02, 0.0, -0.02])
             touched.update(other for _, other in tip_driver.arm_contacts())
     print(_report(f"{type(tip_driver).__name__} pressing (contact)", record))
+    tip_driver.close()
     assert "cube" in touched, touched
     assert np.all(record.speeds() <= SPEED_MAX)
     record.assert_commanded_within_limits()

@@ -117,10 +117,17 @@ def test_the_collector_writes_the_resolved_spec_and_session_yaml(tmp_path):
     session = _collect(tmp_path, explorer={"name": "random", "observation": "proprio+object"})
     spec = read_session_spec(session)
     assert json.loads((session / SPEC_FILE).read_text())["format"] == "pandalab-session-spec"
-    # The options are resolved (the simulator's default camera written out), in both files.
+    # The options are resolved (the simulator's default camera and collision reflex thresholds
+    # written out), in both files.
     assert [c.model_dump() for c in spec.cameras] == [{"name": "front", "width": 84, "height": 84}]
     recorded = yaml.safe_load((session / "session.yaml").read_text())
-    assert recorded["robot"]["options"] == {"cameras": [{"name": "front", "width": 84, "height": 84}]}
+    assert recorded["robot"]["options"] == {
+        "cameras": [{"name": "front", "width": 84, "height": 84}],
+        "collision_reflex": {
+            "joint_torque_thresholds_nm": [20.0, 20.0, 18.0, 18.0, 16.0, 14.0, 12.0],
+            "tool_wrench_thresholds": [20.0, 20.0, 20.0, 25.0, 25.0, 25.0],
+        },
+    }
     assert spec == parse_session_config(recorded).session_spec()
     assert (spec.observation, spec.explorer, spec.simulated) == ("proprio+object", "random", True)
     assert spec.episode_steps == 5
