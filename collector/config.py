@@ -7,7 +7,6 @@ is created on disk or the robot moves, with every wrong field named (`load_sessi
 from __future__ import annotations
 
 import pathlib
-import re
 from typing import Any, Literal
 
 import numpy as np
@@ -16,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from collector.explorers import explorer_class
 from robot_drivers import ActionSpace, backend_names, driver_class
+from robot_drivers.addresses import check_zmq_address
 from robot_drivers.registry import SIMULATED_BACKENDS
 from safety.limits import SafetyLimits
 from safety.reset import DEFAULT_HOME_Q as SAFETY_HOME_Q
@@ -213,27 +213,6 @@ class SessionConfig(_Strict):
         return self
 
 
-_TCP_ADDRESS = re.compile(r"^tcp://(\*|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$")
-_IPC_PATH_MAX = 107
-"""Longest path of a Unix socket (sun_path is 108 bytes with its terminating NUL)."""
-
-
-def check_zmq_address(address: str) -> str:
-    """A ZMQ address the collector can bind: ``tcp://HOST:PORT`` (port 1..65535) or
-    ``ipc:///PATH`` (an absolute or relative path of at most 107 bytes)."""
-    if address.startswith("tcp://"):
-        match = _TCP_ADDRESS.match(address)
-        if not match or not 0 < int(match.group(2)) < 65536:
-            raise ValueError(f"{address!r} is not tcp://HOST:PORT with a port 1..65535")
-        return address
-    if address.startswith("ipc://"):
-        path = address[len("ipc://") :]
-        if not path or "\0" in path or len(path.encode("utf-8", "surrogateescape")) > _IPC_PATH_MAX:
-            raise ValueError(f"{address!r}: ipc:// needs a socket path of 1..{_IPC_PATH_MAX} bytes")
-        return address
-    raise ValueError(f"{address!r} is not a ZMQ address the collector can bind (tcp://HOST:PORT or ipc:///PATH)")
-
-
 MAX_CONFIG_FILE_BYTES = 1 << 20
 """Largest session config file read, bytes."""
 
@@ -255,7 +234,8 @@ def _option_problems(data: dict[str, Any]) -> list[str]:
     options = robot.get("options", {})
     if backend in backend_names() and isinstance(options, dict):
         config_class = getattr(driver_class(backend), "config_class", None)
-        session = {k: data[k] for k in ("action_space", "control_rate_hz", "seed") if k in data}
+        owned = ("action_space", "control_rate_hz", "seed") if backend in SIMULATED_BACKENDS else ("control_rate_hz",)
+        session = {k: data[k] for k in owned if k in data}
         if config_class is not None:
             filled = {**options, **session}
             if backend in SIMULATED_BACKENDS:

@@ -557,6 +557,9 @@ class Collector:
                     elif -delay > period / 2:
                         missed_deadlines += 1
                     next_deadline += period
+                    now = time.monotonic()
+                    if next_deadline < now:  # after a stall: re-pace from now, never a burst of late steps
+                        next_deadline = now + period
         except DriverFault as fault:
             if fault.reason is FaultReason.collision_reflex:  # the arm stopped itself: a safety stop
                 outcome = "safety_stop"

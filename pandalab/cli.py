@@ -424,6 +424,57 @@ def _run_demo(args: argparse.Namespace) -> int:
     return main_demo(args)
 
 
+def _add_bridge(subparsers: argparse._SubParsersAction) -> None:
+    bridge = subparsers.add_parser("bridge", help="the hardware bridge: serve an arm, check a cell")
+    bridge_sub = bridge.add_subparsers(dest="bridge_command", required=True)
+    serve = bridge_sub.add_parser(
+        "serve",
+        help="own the arm and serve it to collectors (run on the robot PC)",
+        description="Connect the arm named in the config and serve it over ZMQ until SIGINT/SIGTERM; every "
+        "command is filtered again here and a watchdog stops the arm when commands stop.",
+    )
+    serve.add_argument("--config", required=True, help="bridge config YAML (configs/bridge_sim.yaml, ...)")
+    serve.set_defaults(handler=_run_bridge_serve)
+    check = bridge_sub.add_parser(
+        "check",
+        help="connect to a bridge: robot, versions, state, limits, state rate, latency; --move to test motion",
+        description="Run first on a new cell.  Without --move nothing moves.",
+    )
+    check.add_argument("--server", default="tcp://127.0.0.1:5600", help="bridge address (default tcp://127.0.0.1:5600)")
+    check.add_argument("--samples", type=int, default=200, help="state requests to time (default 200)")
+    check.add_argument("--move", action="store_true", help="move each joint 0.05 rad at 0.1 rad/s and back")
+    check.add_argument("--yes", action="store_true", help="with --move: do not ask for confirmation")
+    check.set_defaults(handler=_run_bridge_check)
+
+
+def _run_bridge_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    from robot_drivers.base import DriverFault
+    from robot_drivers.bridge.config import BridgeConfigError, load_bridge_config
+    from robot_drivers.bridge.server import BridgeServer
+
+    try:
+        config = load_bridge_config(args.config)
+    except BridgeConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    stopping = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.append(True))
+    try:
+        return BridgeServer(config).serve(should_stop=lambda: bool(stopping))
+    except DriverFault as fault:
+        print(f"pandalab bridge serve: {fault.message}", file=sys.stderr)
+        return 3
+
+
+def _run_bridge_check(args: argparse.Namespace) -> int:
+    from robot_drivers.bridge.check import run_bridge_check
+
+    return run_bridge_check(args.server, samples=args.samples, move=args.move, assume_yes=args.yes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pandalab", description="Robot-lab data collection for the Franka Panda.")
     subparsers = parser.add_subparsers(dest="tool", required=True)
@@ -434,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     _add_eval(subparsers)
     _add_demo(subparsers)
+    _add_bridge(subparsers)
     return parser
 
 

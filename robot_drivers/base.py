@@ -48,6 +48,10 @@ class RobotDriver(abc.ABC):
     control_rate_hz: float
     config_class: type | None = None
     """The backend's options model (pydantic), used to validate a config before anything starts."""
+    free_running: bool = False
+    """Whether the arm moves on between calls, executing its last command (a real arm, the bridge):
+    the caller must pace its commands at ``control_rate_hz``.  A simulator in process (False)
+    advances one control period per `send` and waits in between."""
 
     @abc.abstractmethod
     def connect(self) -> None:

@@ -14,6 +14,7 @@ from robot_drivers.base import RobotDriver
 DRIVER_BACKENDS: dict[str, str] = {
     "robosuite": "sim.robosuite_backend:RobosuitePanda",
     "pybullet": "sim.pybullet_backend:PyBulletPanda",
+    "bridge": "robot_drivers.bridge.client:BridgeDriver",
 }
 """Backend name -> ``module:ClassName`` of its `RobotDriver` implementation."""
 SIMULATED_BACKENDS: tuple[str, ...] = ("robosuite", "pybullet")

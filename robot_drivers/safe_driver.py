@@ -114,11 +114,18 @@ class SafeDriver:
         controller = ResetController(plan)
         joint_filter = SafetyFilter(self.limits, self.driver.control_rate_hz, ActionSpace.joint_velocity.value)
         steps = int(RESET_TIMEOUT_S * self.driver.control_rate_hz)
+        period = 1.0 / self.driver.control_rate_hz
+        next_deadline = time.monotonic() + period
         for _ in range(steps):
             if controller.is_done(state):
                 return
             safe, _ = joint_filter.filter(state, controller.action(state))
             self.driver.send(Command(ActionSpace.joint_velocity, safe.values))
+            if self.driver.free_running:  # the arm runs on its own: one command per period, never a burst
+                delay = next_deadline - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                next_deadline = max(next_deadline + period, time.monotonic())
             state = self.read_state()
         self.driver.stop()
         raise DriverFault(FaultReason.reset_failed, f"the planned reset did not reach home within {RESET_TIMEOUT_S} s")

@@ -164,13 +164,15 @@ class SimPandaDriver(RobotDriver):
         self._jerk_binds = bool(np.any(self._jerk_step < 2.0 * self._ramp_step))
         self.reset(DEFAULT_HOME_Q)
 
-    def read_state(self) -> RobotState:
+    def read_state(self, images: bool = True) -> RobotState:
+        """The current state; ``images=False`` leaves the cameras out (the bridge's robot-side
+        filter reads the state at every command and must not wait for a frame)."""
         self._require_connected()
         q, dq = self._joint_state()
         cube_pos, cube_quat = self._cube_pose()
         if not (np.all(np.isfinite(q)) and np.all(np.isfinite(dq)) and np.all(np.isfinite(cube_pos))):
             raise DriverFault(FaultReason.simulation_unstable, "the simulation produced non-finite state")
-        images = {camera.name: self._render(camera) for camera in self.config.cameras}
+        images = {camera.name: self._render(camera) for camera in self.config.cameras} if images else {}
         return RobotState(
             time=self._time_s,
             q=q,
@@ -204,6 +206,19 @@ class SimPandaDriver(RobotDriver):
             self._advance_with_tip_delta(command.values)
         if self.reflex is not None:  # tripped during this period: the arm braked to a stop meanwhile
             raise DriverFault(FaultReason.collision_reflex, self.reflex)
+
+    def idle(self) -> None:
+        """Advance one control period commanding zero joint velocity: the arm brakes (within the
+        published limits) and holds.  Allowed after a collision reflex, unlike `send`: a real arm's
+        time goes on whatever its controller does (the bridge's free-running simulator)."""
+        self._require_connected()
+        self._advance_with_joint_velocity(np.zeros(NUM_JOINTS))
+
+    def recover(self) -> None:
+        """Clear a collision reflex where the arm stands (the simulated ``automaticErrorRecovery``);
+        `send` takes commands again.  Nothing happens without one."""
+        self._require_connected()
+        self.reflex = None
 
     def stop(self) -> None:
         """Command zero joint velocity, period by period, until the arm is at rest.

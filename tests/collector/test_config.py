@@ -20,9 +20,10 @@ def test_episode_length_defaults_follow_the_action_space():
     assert parse_session_config({"action_space": "tip_delta"}).resolved_episode_steps == 200  # seed 003
 
 
-def test_hardware_example_is_refused_until_the_bridge_backend_exists():
-    with pytest.raises(ConfigError, match=r"robot.backend: .*unknown robot backend 'bridge'"):
-        load_session_config(CONFIGS / "hardware_panda.yaml")
+@pytest.mark.parametrize("name", ["hardware_panda.yaml", "hardware_fr3.yaml"])
+def test_hardware_examples_are_accepted_as_bridge_sessions(name):
+    config = load_session_config(CONFIGS / name)
+    assert config.robot.backend == "bridge" and not config.simulated and config.resolved_realtime
 
 
 def test_every_bad_field_is_named():

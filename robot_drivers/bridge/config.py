@@ -1,0 +1,163 @@
+"""Configuration of the bridge: the server's file (`BridgeServerConfig`, ``pandalab bridge serve
+--config FILE``) and the collector's ``robot.options`` for ``robot.backend: bridge`` (`BridgeOptions`)."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from robot_drivers.addresses import check_zmq_address
+from robot_drivers.bridge.arm import arm_class, arm_names
+from robot_drivers.types import ActionSpace
+from safety.limits import SafetyLimits
+from safety.strict_model import StrictModel
+
+DEFAULT_BRIDGE_ADDRESS = "tcp://127.0.0.1:5600"
+
+
+class BridgeServerConfig(StrictModel):
+    """The bridge server on the robot PC: which arm, where it listens, the robot-side safety."""
+
+    address: str = Field(
+        DEFAULT_BRIDGE_ADDRESS,
+        description="ZMQ address the server binds (tcp://HOST:PORT or ipc:///PATH); loopback by default: "
+        "another host's collector only when set to that network's address.",
+    )
+    arm: str = Field("sim", description=f"Arm backend: one of {arm_names()}.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="The arm backend's options (its own model; e.g. sim: backend, cameras)."
+    )
+    safety: SafetyLimits = Field(
+        default_factory=SafetyLimits,
+        description="The limits the robot-side filter enforces on every command (the collector's must be the same "
+        "or tighter).",
+    )
+    watchdog_ms: float = Field(
+        100.0,
+        ge=10.0,
+        le=1000.0,
+        description="With no valid command for this long, ms, the arm brakes to rest within its limits and holds "
+        "until a fresh command.",
+    )
+    max_command_age_ms: float = Field(
+        100.0,
+        gt=0.0,
+        le=1000.0,
+        description="A command older than this on arrival, ms (by its send time and the clock offset measured at "
+        "hello), is dropped and counted.",
+    )
+    stop_timeout_s: float = Field(5.0, gt=0.0, le=60.0, description="Longest a stop may take to reach rest, s.")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        return check_zmq_address(address)
+
+    @field_validator("arm")
+    @classmethod
+    def _known_arm(cls, name: str) -> str:
+        if name not in arm_names():
+            raise ValueError(f"unknown arm backend {name!r}; known: {', '.join(arm_names())}")
+        return name
+
+    @model_validator(mode="after")
+    def _options_valid(self) -> BridgeServerConfig:
+        from pydantic import ValidationError
+
+        from safety.strict_model import validation_problems
+
+        options_class = arm_class(self.arm).options_class
+        try:
+            options_class(**_without_session_fields(self.options))
+        except ValidationError as error:
+            raise ValueError("; ".join(validation_problems(error, "options."))) from None
+        return self
+
+
+def _without_session_fields(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in ("action_space", "control_rate_hz")}
+
+
+class CameraSpec(StrictModel):
+    """A camera image the collector expects in every state."""
+
+    name: str = Field(description="Camera name, as the bridge's arm backend names it.")
+    width: int = Field(84, gt=0, le=2048, description="Image width, pixels.")
+    height: int = Field(84, gt=0, le=2048, description="Image height, pixels.")
+
+
+class BridgeOptions(StrictModel):
+    """``robot.options`` of a session with ``robot.backend: bridge``."""
+
+    server: str = Field(DEFAULT_BRIDGE_ADDRESS, description="The bridge server's ZMQ address (tcp://HOST:PORT).")
+    cameras: tuple[CameraSpec, ...] = Field(
+        (), description="Camera images every state must carry (checked against the server's at connect)."
+    )
+    spawn: pathlib.Path | None = Field(
+        None,
+        description="A bridge server config file: the collector starts that server as its child process (one-PC "
+        "lab) and stops it at the end; its address must be `server`.",
+    )
+    connect_timeout_s: float = Field(
+        10.0, gt=0.0, le=120.0, description="Longest wait for the server's answer at connect, s (never hangs)."
+    )
+    request_timeout_s: float = Field(
+        0.5, gt=0.0, le=10.0, description="Longest wait for the answer to a state or command request, s."
+    )
+    action_space: ActionSpace = Field(
+        ActionSpace.joint_velocity, description="Always joint_velocity: the collector's filter converts tip_delta."
+    )
+    control_rate_hz: float = Field(20.0, gt=0, le=1000, description="The collector's command rate, Hz.")
+
+    @field_validator("server")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        return check_zmq_address(address)
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique(cls, cameras: tuple[CameraSpec, ...]) -> tuple[CameraSpec, ...]:
+        names = [camera.name for camera in cameras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"camera names must be unique, got {names}")
+        return cameras
+
+
+MAX_CONFIG_FILE_BYTES = 1 << 20
+
+
+class BridgeConfigError(ValueError):
+    """A bridge config file that cannot be used; one ``FILE: FIELD: what`` line per problem."""
+
+
+def load_bridge_config(path: str | pathlib.Path) -> BridgeServerConfig:
+    """Read and validate a bridge server config (YAML); `BridgeConfigError` names the file and every
+    bad field."""
+    import yaml
+    from pydantic import ValidationError
+
+    from safety.strict_model import validation_problems
+
+    path = pathlib.Path(path)
+    try:
+        if path.stat().st_size > MAX_CONFIG_FILE_BYTES:
+            raise BridgeConfigError(f"{path}: larger than 1 MB; not a bridge config")
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except OSError as error:
+        raise BridgeConfigError(f"{path}: cannot read: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise BridgeConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except yaml.YAMLError as error:
+        raise BridgeConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+    except RecursionError:
+        raise BridgeConfigError(f"{path}: nested too deeply to be a bridge config") from None
+    if not isinstance(data, dict):
+        raise BridgeConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        return BridgeServerConfig(**data)
+    except ValidationError as error:
+        raise BridgeConfigError("\n".join(f"{path}: {line}" for line in validation_problems(error))) from None
+    except (TypeError, ValueError) as error:
+        raise BridgeConfigError(f"{path}: {' '.join(str(error).split())}") from None

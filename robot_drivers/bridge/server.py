@@ -1,0 +1,317 @@
+"""The bridge server: the one process that owns the arm (DESIGN.md, "The bridge").
+
+One thread does everything, in a loop paced by the arm's tick (`Arm.tick_s`: a physics step for the
+simulated arm, a few milliseconds for a real one):
+
+- it answers requests on a ZMQ ROUTER socket (`robot_drivers.bridge.protocol`); a request that does
+  not follow the protocol gets an error reply and changes nothing, whatever its bytes;
+- it runs the project's `SafetyFilter` again, with the server's own limits, on every command
+  before the arm sees it; a command with a NaN or infinity stops the arm and is answered with an
+  error, never forwarded;
+- **watchdog**: with no valid command for ``watchdog_ms`` the arm's target becomes zero, so it
+  brakes within its limits and holds; only a fresh command moves it again.  Commands carry a
+  sequence number and a send time: an out-of-order or stale one is dropped and counted;
+- one client drives the arm at a time (the one whose ``hello`` came last, once the previous one has
+  been silent for a watchdog period); any client may read the state (monitors, ``bridge check``);
+- ``stop`` and ``reset`` are answered when done, while the loop keeps ticking and answering others.
+
+Everything the server does on its own (watchdog stops, reflexes, drops) is logged as one line on
+stderr and counted in ``status``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import zmq
+
+from robot_drivers.base import DriverFault, FaultReason
+from robot_drivers.bridge import protocol
+from robot_drivers.bridge.arm import Arm, arm_class
+from robot_drivers.bridge.config import BridgeServerConfig
+from robot_drivers.types import NUM_JOINTS
+from safety import SafetyFilter
+
+SERVER_VERSION = "1"
+AT_REST_SPEED = 0.01
+"""A stop is answered once every joint is slower than this, rad/s."""
+MAX_REQUESTS_PER_TICK = 20
+"""Most requests answered between two ticks (the rest wait a tick: the arm is never starved)."""
+
+
+class BridgeServer:
+    """Serve ``arm`` (connected here) on ``config.address`` until `serve`'s ``should_stop`` is true."""
+
+    def __init__(self, config: BridgeServerConfig, arm: Arm | None = None, log: Callable[[str], None] | None = None):
+        self.config = config
+        self.arm = arm if arm is not None else arm_class(config.arm)(config.options)
+        self.log = log or _stderr_log
+        self.watchdog_s = config.watchdog_ms / 1000.0
+        self.max_command_age_s = config.max_command_age_ms / 1000.0
+        self.counters = {
+            "commands": 0,
+            "dropped_out_of_order": 0,
+            "dropped_stale": 0,
+            "refused": 0,
+            "malformed": 0,
+            "watchdog_stops": 0,
+            "faults": 0,
+            "overruns": 0,
+        }
+        self.driver: bytes | None = None
+        """Identity of the client driving the arm."""
+        self._filter: SafetyFilter | None = None
+        self._clock_offset_s = 0.0
+        self._last_seq = -1
+        self._last_command_at = -np.inf
+        self._moving = False
+        """Whether the arm's target is not zero."""
+        self._pending: list[tuple[bytes, dict[str, Any], float]] = []
+        """stop requests waiting for the arm to reach rest: (identity, request, deadline)."""
+        self._fault_logged: str | None = None
+        self.context = zmq.Context.instance()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_REQUEST_BYTES)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def serve(self, should_stop: Callable[[], bool] = lambda: False, ready: Callable[[], None] | None = None) -> int:
+        """Connect the arm, bind, and run until ``should_stop()``; then stop the arm and close.
+        Returns 0; `DriverFault` if the arm cannot be connected, `zmq.ZMQError` if the address is taken."""
+        self.arm.connect()
+        try:
+            self.socket.bind(self.config.address)
+        except zmq.ZMQError as error:
+            self.arm.close()
+            raise DriverFault(FaultReason.connection_lost, f"cannot bind {self.config.address}: {error}") from None
+        describe = self.arm.describe()
+        self.log(f"serving {describe.get('arm', self.config.arm)} on {self.config.address}")
+        if ready is not None:
+            ready()
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        tick_s = self.arm.tick_s
+        next_tick = time.monotonic()
+        try:
+            while not should_stop():
+                wait_ms = max(0.0, (next_tick - time.monotonic()) * 1000.0)
+                if poller.poll(wait_ms):
+                    self._answer_requests()
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._tick(now)
+                    next_tick += tick_s
+                    if now - next_tick > 0.1:  # the loop fell far behind: re-pace, never burst
+                        self.counters["overruns"] += 1
+                        next_tick = now + tick_s
+        finally:
+            with contextlib.suppress(Exception):
+                self.arm.set_velocity_target(np.zeros(NUM_JOINTS))
+                stop_by = time.monotonic() + self.config.stop_timeout_s
+                while time.monotonic() < stop_by and not self._at_rest():
+                    self.arm.tick(time.monotonic())
+                    time.sleep(tick_s)
+            self.arm.close()
+            self.socket.close(0)
+            self.log("stopped")
+        return 0
+
+    def _tick(self, now: float) -> None:
+        try:
+            self.arm.tick(now)
+        except DriverFault as fault:  # the arm is gone or broken: nothing to drive any more
+            self.counters["faults"] += 1
+            self.log(f"arm fault: {fault}")
+            raise
+        fault = self.arm.fault()
+        if fault is not None and fault != self._fault_logged:
+            self.counters["faults"] += 1
+            self.log(f"{self.arm.fault_reason()}: {fault}")
+            self._moving = False
+        self._fault_logged = fault
+        if self._moving and now - self._last_command_at > self.watchdog_s:
+            self._stop_arm()
+            self.counters["watchdog_stops"] += 1
+            self.log(
+                f"watchdog: no valid command for {1000 * (now - self._last_command_at):.0f} ms "
+                f"(limit {self.config.watchdog_ms:g} ms): braking to rest, holding until a fresh command"
+            )
+        if self._pending:
+            self._answer_pending(now)
+
+    def _stop_arm(self) -> None:
+        self.arm.set_velocity_target(np.zeros(NUM_JOINTS))
+        self._moving = False
+        if self._filter is not None:
+            self._filter.notify_stopped()
+
+    def _at_rest(self) -> bool:
+        return float(np.max(np.abs(self.arm.state().dq))) < AT_REST_SPEED
+
+    # ---- requests ---------------------------------------------------------------------------------
+    def _answer_requests(self) -> None:
+        for _ in range(MAX_REQUESTS_PER_TICK):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                self.counters["malformed"] += 1
+                return
+            if len(frames) < 2:
+                self.counters["malformed"] += 1
+                continue
+            identity, body = frames[0], frames[1:]
+            try:
+                request = protocol.parse_request(body)
+            except protocol.ProtocolError as error:
+                self.counters["malformed"] += 1
+                self._reply(identity, {"ok": False, "id": None, "error": str(error), "reason": "invalid_command"})
+                continue
+            try:
+                self._handle(identity, request)
+            except DriverFault as fault:
+                self._reply(identity, _error(request, fault.message, fault.reason.value))
+            except Exception as error:  # the server never dies from a request
+                self.log(f"request {request['op']} failed: {type(error).__name__}: {error}")
+                self._reply(identity, _error(request, f"the bridge could not carry out {request['op']}: {error}"))
+
+    def _reply(self, identity: bytes, header: dict[str, Any], frames: list[bytes] | None = None) -> None:
+        message = [identity, *(protocol.encode(header, frames) if frames is None else frames)]
+        with contextlib.suppress(zmq.ZMQError):
+            self.socket.send_multipart(message, zmq.NOBLOCK)
+
+    def _handle(self, identity: bytes, request: dict[str, Any]) -> None:
+        op = request["op"]
+        if op == "state":
+            state = self.arm.state(images=request["images"])
+            self._reply(identity, {}, protocol.encode_state(request["id"], state))
+        elif op == "command":
+            self._command(identity, request)
+        elif op == "hello":
+            self._hello(identity, request)
+        elif op == "stop":
+            self._require_driver(identity, request)
+            self._stop_arm()
+            if self.arm.fault() is not None:
+                message = self.arm.fault()
+                self.arm.recover()
+                self.log(f"recovered from {self.arm.fault_reason()} ({message})")
+            self._pending.append((identity, request, time.monotonic() + self.config.stop_timeout_s))
+        elif op == "reset":
+            self._require_driver(identity, request)
+            if not np.all(np.isfinite(request["home"])):
+                raise DriverFault(FaultReason.invalid_command, "reset: 'home' holds a non-finite angle")
+            self._stop_arm()
+            self.arm.reset(request["home"])
+            if self._filter is not None:
+                self._filter.reset()
+            self._reply(identity, {}, protocol.encode_state(request["id"], self.arm.state(images=True)))
+        elif op == "status":
+            self._reply(identity, {"ok": True, "id": request["id"], "counters": dict(self.counters)})
+
+    def _hello(self, identity: bytes, request: dict[str, Any]) -> None:
+        if request["protocol"] != protocol.PROTOCOL:
+            raise DriverFault(
+                FaultReason.connection_lost,
+                f"protocol {ascii(request['protocol'])[:40]} not spoken here (this bridge: {protocol.PROTOCOL})",
+            )
+        now = time.monotonic()
+        if self.driver not in (None, identity) and now - self._last_command_at < self.watchdog_s:
+            raise DriverFault(FaultReason.robot_error, "another client is driving this arm")
+        if self.driver != identity:
+            self._stop_arm()
+        self.driver = identity
+        self._filter = SafetyFilter(self.config.safety, float(request["control_rate_hz"]), "joint_velocity")
+        self._last_seq = -1
+        self._last_command_at = -np.inf
+        self._clock_offset_s = time.time() - float(request["client_time"])
+        describe = self.arm.describe()
+        self.log(f"driven by a new client at {request['control_rate_hz']:g} Hz")
+        self._reply(
+            identity,
+            {
+                "ok": True,
+                "id": request["id"],
+                "protocol": protocol.PROTOCOL,
+                "server_version": SERVER_VERSION,
+                "arm": self.config.arm,
+                **describe,
+                "limits": self.config.safety.model_dump(mode="json"),
+                "watchdog_ms": self.config.watchdog_ms,
+                "max_command_age_ms": self.config.max_command_age_ms,
+                "stop_timeout_s": self.config.stop_timeout_s,
+                "simulated": self.arm.simulated,
+            },
+        )
+
+    def _require_driver(self, identity: bytes, request: dict[str, Any]) -> None:
+        if self.driver != identity:
+            self.counters["refused"] += 1
+            raise DriverFault(
+                FaultReason.connection_lost,
+                f"{request['op']}: this client does not drive the arm (the bridge restarted, or another took over); "
+                "send hello",
+            )
+
+    def _command(self, identity: bytes, request: dict[str, Any]) -> None:
+        self._require_driver(identity, request)
+        request_id, dq = request["id"], request["dq"]
+        if not np.all(np.isfinite(dq)):
+            self._stop_arm()
+            self.counters["refused"] += 1
+            self.log("a command with a non-finite value: the arm is stopped, the command refused")
+            raise DriverFault(FaultReason.invalid_command, "a non-finite joint velocity: the arm is stopped")
+        if request["seq"] <= self._last_seq:
+            self.counters["dropped_out_of_order"] += 1
+            self._reply(identity, {"ok": True, "id": request_id, "dropped": "out_of_order"})
+            return
+        self._last_seq = request["seq"]
+        age = time.time() - (request["sent"] + self._clock_offset_s)
+        if age > self.max_command_age_s:
+            self.counters["dropped_stale"] += 1
+            self._reply(identity, {"ok": True, "id": request_id, "dropped": "stale", "age_s": age})
+            return
+        fault = self.arm.fault()
+        if fault is not None:
+            self.counters["refused"] += 1
+            raise DriverFault(self.arm.fault_reason(), f"{fault}; the arm is stopped until a stop recovers it")
+        assert self._filter is not None  # set at hello
+        safe, events = self._filter.filter(self.arm.state(), dq)
+        self.arm.set_velocity_target(safe.values)
+        self._moving = bool(np.any(safe.values))
+        self._last_command_at = time.monotonic()
+        self.counters["commands"] += 1
+        self._reply(
+            identity,
+            {"ok": True, "id": request_id, "applied": safe.values.tolist(), "events": [e.kind for e in events]},
+        )
+
+    def _answer_pending(self, now: float) -> None:
+        at_rest = self._at_rest()
+        waiting = []
+        for identity, request, deadline in self._pending:
+            if at_rest:
+                self._reply(identity, {"ok": True, "id": request["id"]})
+            elif now > deadline:
+                self._reply(
+                    identity,
+                    _error(request, f"the arm did not come to rest within {self.config.stop_timeout_s:g} s", "timeout"),
+                )
+            else:
+                waiting.append((identity, request, deadline))
+        self._pending = waiting
+
+
+def _error(request: dict[str, Any], message: str, reason: str = "robot_error") -> dict[str, Any]:
+    return {"ok": False, "id": request.get("id"), "error": message, "reason": reason}
+
+
+def _stderr_log(line: str) -> None:
+    print(f"[bridge {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
