@@ -19,6 +19,7 @@ from robot_drivers.addresses import check_zmq_address
 from robot_drivers.registry import SIMULATED_BACKENDS
 from safety.limits import SafetyLimits
 from safety.reset import DEFAULT_HOME_Q as SAFETY_HOME_Q
+from safety.robot_model import ROBOT_MODELS, limits_fields
 from safety.strict_model import ConfigTooLarge, StrictModel, non_finite_paths, validation_problems
 from store.spec import SessionSpec
 
@@ -35,6 +36,12 @@ _Strict = StrictModel
 
 class RobotConfig(_Strict):
     backend: str = Field("robosuite", description=f"Robot backend: one of {', '.join(backend_names())}.")
+    model: Literal[ROBOT_MODELS] = Field(  # type: ignore[valid-type]
+        "panda",
+        description="The arm: panda (Franka Emika Panda, FER) or fr3 (Franka Research 3). Its published limits "
+        "(safety/robot_models/) are the defaults of the safety section's hardware fields; the simulators are "
+        "Pandas; a bridge must serve this model.",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="Backend options (simulation: cameras, e.g. [{name: front, width: 84, height: 84}]). "
@@ -143,6 +150,18 @@ class SessionConfig(_Strict):
     def _zmq_address(cls, address: str) -> str:
         return check_zmq_address(address)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _limits_of_the_robot_model(cls, data: Any) -> Any:
+        """The safety section's hardware fields default to the arm's published limits."""
+        if not isinstance(data, dict):
+            return data
+        robot, safety = data.get("robot"), data.get("safety", {})
+        model = robot.get("model", "panda") if isinstance(robot, dict) else getattr(robot, "model", "panda")
+        if model not in ROBOT_MODELS or not isinstance(safety, dict):
+            return data  # the fields' own validation names the problem
+        return {**data, "safety": limits_fields(model, safety)}
+
     @property
     def simulated(self) -> bool:
         return self.robot.backend in SIMULATED_BACKENDS
@@ -199,6 +218,8 @@ class SessionConfig(_Strict):
     def _consistent(self) -> SessionConfig:
         if self.explorer.observation == "image" and not self.robot.options.get("cameras", True):
             raise ValueError("explorer.observation: image needs at least one camera in robot.options.cameras")
+        if self.simulated and self.robot.model != "panda":
+            raise ValueError(f"robot.model: the simulated arms are Pandas, not {self.robot.model}")
         if self.explorer.observation == "proprio+object" and not self.simulated:
             raise ValueError("explorer.observation: proprio+object needs privileged state, only in simulation")
         home = np.array(self.home_q)

@@ -71,6 +71,10 @@ LOGGED_EVENT_KINDS = INCIDENT_KINDS
 RATE_WINDOW_S = 2.0
 """The step rate in `status` counts the steps of the last this many seconds (0 while paused)."""
 TELEMETRY_PERIOD_S = 0.5
+LINK_FAULTS = frozenset({FaultReason.connection_lost, FaultReason.timeout})
+"""Driver faults that mean the robot does not answer: the collector holds until it does."""
+LINK_CHECK_PERIOD_S = 1.0
+"""While held for a lost link, how often the robot is asked whether it answers again, s."""
 MAX_CONSECUTIVE_FAULTS = 3
 """Driver faults in a row (each followed by a failed recovery) before the collector gives up."""
 
@@ -129,6 +133,7 @@ class Collector:
         """The filter's routine interventions in the current episode (clips, limits, clearances)."""
         self.started_at = time.monotonic()
         self._step_times: collections.deque[float] = collections.deque(maxlen=200)
+        self._link_checked_at = 0.0
         self._last_telemetry = 0.0
         self._sigint_count = 0
         self.store: SessionStore | None = None
@@ -153,6 +158,13 @@ class Collector:
             self.driver.connect()
         except DriverFault as fault:
             raise StartRefused(f"robot {config.robot.backend} cannot be reached: {fault}") from None
+        served = getattr(self.driver, "server_info", {}).get("robot_model", config.robot.model)
+        if served != config.robot.model:
+            self.driver.close()
+            raise StartRefused(
+                f"robot.model: the bridge at {options.get('server')} drives a {served}, the session says "
+                f"{config.robot.model} (their limits differ)"
+            )
         resolved = config.resolved(self.session_id)
         self.spec = resolved.session_spec()
         """What this session records (`store.spec.SessionSpec`), written as session_spec.json."""
@@ -391,9 +403,10 @@ class Collector:
                 result = self.run_episode()
                 faults = 0 if result.outcome != "fault" else faults + 1
             except DriverFault as fault:
-                faults += 1
                 lifecycle.needs_reset = True
                 self.store.log_event("driver_fault", reason=fault.reason.value, message=fault.message, fsync=True)
+                if not self._hold_for_link(fault):  # a lost link is waited for, not counted toward giving up
+                    faults += 1
             if faults >= MAX_CONSECUTIVE_FAULTS:
                 self.store.log_event("giving_up", faults=faults, fsync=True)
                 return 1
@@ -442,8 +455,9 @@ class Collector:
                 self._poll()
                 if lifecycle.stop_requested:
                     return False
-                # a store hold clears once the writer caught up / space was freed
-                lifecycle.clear_hold_if_recovered(lambda: not self.store.health().hold)
+                # a store hold clears once the writer caught up / space was freed, a link hold once
+                # the robot answers again
+                lifecycle.clear_hold_if_recovered(self._hold_recovered)
                 time.sleep(0.02)
             failed = self._retry_writes(recorder)
             if failed is None:
@@ -451,6 +465,29 @@ class Collector:
             self._hold_for_disk(*failed)
         if stopped:
             self.safe.filter.notify_stopped()
+        return True
+
+    def _hold_recovered(self) -> bool:
+        hold = self.lifecycle.hold
+        if hold is not None and hold.kind is HoldKind.link:
+            now = time.monotonic()
+            if now - self._link_checked_at < LINK_CHECK_PERIOD_S:
+                return False
+            self._link_checked_at = now
+            reachable = getattr(self.driver, "reachable", None)
+            if reachable is not None and reachable():
+                self.store.log_event("link_back", fsync=True)
+                return True
+            return reachable is None
+        return not self.store.health().hold
+
+    def _hold_for_link(self, fault: DriverFault) -> bool:
+        """Hold for a lost robot link (True) when ``fault`` is one (the robot does not answer)."""
+        if fault.reason not in LINK_FAULTS:
+            return False
+        self.lifecycle.needs_reset = True
+        self.lifecycle.hold_for(HoldKind.link, f"the robot does not answer ({fault.message}); waiting for it")
+        self._link_checked_at = time.monotonic()
         return True
 
     def _writes_pending(self, recorder: EpisodeRecorder) -> bool:
@@ -567,6 +604,7 @@ class Collector:
             else:
                 outcome = "fault"
                 self.store.log_event("driver_fault", reason=fault.reason.value, message=fault.message, fsync=True)
+                self._hold_for_link(fault)
         if outcome != "complete":
             with contextlib.suppress(DriverFault):
                 safe.stop()
@@ -621,7 +659,8 @@ class Collector:
             self.episodes += 1
             self.steps += steps
         self.lifecycle.enter(Activity.training)
-        self.safe.stop()  # the arm is held still while the explorer trains
+        with contextlib.suppress(DriverFault):  # a lost link: the loop holds for it after training
+            self.safe.stop()  # the arm is held still while the explorer trains
         self.explorer.on_episode_end(np.array(observations))
         started = time.monotonic()
         stats = self.explorer.train(self.store)

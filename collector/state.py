@@ -57,6 +57,9 @@ class HoldKind(enum.Enum):
     """Repeated safety violations: inspect the arm, then resume."""
     reset = "reset"
     """No safe path home could be planned: guide the arm near home by hand, then resume."""
+    link = "link"
+    """The robot does not answer (the bridge server down, the network cut): clears by itself once it
+    answers again, then the arm is stopped, recovered and brought home before the next episode."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +73,13 @@ class Hold:
     def reason(self) -> str:
         """The line shown as ``hold_reason``: ``store:`` and ``disk:`` holds start with their kind
         (the operator's guide documents those prefixes); the others are their message."""
-        if self.kind in (HoldKind.store, HoldKind.disk):
+        if self.kind in (HoldKind.store, HoldKind.disk, HoldKind.link):
             return f"{self.kind.value}: {self.message}"
         return self.message
 
     @property
     def clears_by_itself(self) -> bool:
-        return self.kind is HoldKind.store
+        return self.kind in (HoldKind.store, HoldKind.link)
 
 
 class InvalidTransition(RuntimeError):
@@ -135,7 +138,7 @@ class CollectorState:
         return self.hold
 
     def clear_hold_if_recovered(self, recovered: Callable[[], bool]) -> None:
-        """Clear a hold that clears by itself (``store``) once ``recovered()`` (asked only then)."""
+        """Clear a hold that clears by itself (``store``, ``link``) once ``recovered()`` (asked only then)."""
         if self.hold is not None and self.hold.clears_by_itself and recovered():
             self.hold = None
 

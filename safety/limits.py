@@ -87,6 +87,7 @@ class SafetyLimits(StrictModel):
     acceleration_max: Vec7 = Field(
         FRANKA_DDQ_MAX, description="Hardware joint acceleration limits, rad/s^2 (Franka: Panda)."
     )
+    jerk_max: Vec7 = Field(FRANKA_DDDQ_MAX, description="Hardware joint jerk limits, rad/s^3 (Franka: Panda).")
     acceleration_limit: Vec7 = Field(
         DEFAULT_ACCELERATION_LIMIT,
         description="Operating joint acceleration limit, rad/s^2: commands change by at most this times the "
@@ -172,7 +173,7 @@ class SafetyLimits(StrictModel):
                 )
         return margin
 
-    @field_validator("velocity_max", "acceleration_max", "acceleration_limit")
+    @field_validator("velocity_max", "acceleration_max", "jerk_max", "acceleration_limit")
     @classmethod
     def _positive(cls, values: Vec7, info: ValidationInfo) -> Vec7:
         bad = [i + 1 for i, v in enumerate(values) if not v > 0]
@@ -245,7 +246,7 @@ class SafetyLimits(StrictModel):
         """Operating joint jerk limit per joint, rad/s^3, (7,): Franka's published jerks scaled by
         the same fraction of the published accelerations as `accelerations` (planned motions:
         `safety.reset`)."""
-        return np.asarray(FRANKA_DDDQ_MAX) * self.accelerations / np.asarray(self.acceleration_max)
+        return np.asarray(self.jerk_max) * self.accelerations / np.asarray(self.acceleration_max)
 
     @property
     def tip_lower(self) -> np.ndarray:

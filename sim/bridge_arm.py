@@ -55,7 +55,6 @@ class SimArm(Arm):
 
     def describe(self) -> dict[str, Any]:
         return {
-            "robot_model": "panda",
             "arm": f"simulated Panda ({self.config.backend}, free-running in real time)",
             "cameras": [camera.model_dump() for camera in self.config.cameras],
             "physics_timestep_s": self.driver.physics_timestep_s,

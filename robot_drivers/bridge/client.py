@@ -238,7 +238,10 @@ class BridgeDriver(RobotDriver):
         self._greeted = False
 
     def reachable(self) -> bool:
-        """Whether the server answers now (a quick ``status``), for a collector waiting on a lost link."""
+        """Whether the server answers now (a quick ``status``), for a collector waiting on a lost link.
+        A spawned server that died is started again first."""
+        if self._child is not None and self._child.poll() is not None:
+            self._spawn_server()
         try:
             self._request({"op": "status"}, min(self.config.request_timeout_s, 0.5))
         except DriverFault:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pathlib
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -12,6 +12,7 @@ from robot_drivers.addresses import check_zmq_address
 from robot_drivers.bridge.arm import arm_class, arm_names
 from robot_drivers.types import ActionSpace
 from safety.limits import SafetyLimits
+from safety.robot_model import ROBOT_MODELS, limits_fields
 from safety.strict_model import StrictModel
 
 DEFAULT_BRIDGE_ADDRESS = "tcp://127.0.0.1:5600"
@@ -26,6 +27,11 @@ class BridgeServerConfig(StrictModel):
         "another host's collector only when set to that network's address.",
     )
     arm: str = Field("sim", description=f"Arm backend: one of {arm_names()}.")
+    robot_model: Literal[ROBOT_MODELS] = Field(  # type: ignore[valid-type]
+        "panda",
+        description="The arm: panda or fr3; its published limits are the safety section's defaults, and a "
+        "collector's session must name the same model.",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="The arm backend's options (its own model; e.g. sim: backend, cameras)."
     )
@@ -55,6 +61,16 @@ class BridgeServerConfig(StrictModel):
     def _address(cls, address: str) -> str:
         return check_zmq_address(address)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _limits_of_the_robot_model(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        model, safety = data.get("robot_model", "panda"), data.get("safety", {})
+        if model not in ROBOT_MODELS or not isinstance(safety, dict):
+            return data
+        return {**data, "safety": limits_fields(model, safety)}
+
     @field_validator("arm")
     @classmethod
     def _known_arm(cls, name: str) -> str:
@@ -68,7 +84,10 @@ class BridgeServerConfig(StrictModel):
 
         from safety.strict_model import validation_problems
 
-        options_class = arm_class(self.arm).options_class
+        arm = arm_class(self.arm)
+        if arm.simulated and self.robot_model != "panda":
+            raise ValueError(f"robot_model: the simulated arm is a Panda, not {self.robot_model}")
+        options_class = arm.options_class
         try:
             options_class(**_without_session_fields(self.options))
         except ValidationError as error:

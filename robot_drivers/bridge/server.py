@@ -243,6 +243,7 @@ class BridgeServer:
                 "server_version": SERVER_VERSION,
                 "arm": self.config.arm,
                 **describe,
+                "robot_model": self.config.robot_model,
                 "limits": self.config.safety.model_dump(mode="json"),
                 "watchdog_ms": self.config.watchdog_ms,
                 "max_command_age_ms": self.config.max_command_age_ms,

@@ -65,17 +65,20 @@ def test_hold_reasons_keep_the_documented_prefixes():
     assert state.hold_for(HoldKind.reset, "no safe reset path").reason == "no safe reset path"
 
 
-def test_only_a_store_hold_clears_by_itself_and_only_once_recovered():
+def test_only_store_and_link_holds_clear_by_themselves_and_only_once_recovered():
     state = CollectorState()
     asked = []
+    by_itself = (HoldKind.store, HoldKind.link)
     for kind in HoldKind:
         state.hold_for(kind, "why")
         state.clear_hold_if_recovered(lambda kind=kind: asked.append(kind) or True)
-        assert (state.hold is None) == (kind is HoldKind.store)
-    assert asked == [HoldKind.store]  # the store's health is asked only for a store hold
-    state.hold_for(HoldKind.store, "behind")
-    state.clear_hold_if_recovered(lambda: False)
-    assert state.hold is not None and state.hold.kind is HoldKind.store
+        assert (state.hold is None) == (kind in by_itself)
+    assert asked == list(by_itself)  # recovery is asked about only for those holds
+    for kind in by_itself:
+        state.hold_for(kind, "behind")
+        state.clear_hold_if_recovered(lambda: False)
+        assert state.hold is not None and state.hold.kind is kind
+    assert state.hold.reason == "link: behind"
 
 
 def test_an_operator_estop_holds_until_resume_but_one_during_a_stop_ends_the_session():
