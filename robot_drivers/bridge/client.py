@@ -153,6 +153,10 @@ class BridgeDriver(RobotDriver):
         while True:
             remaining_ms = (deadline - time.monotonic()) * 1000.0
             if remaining_ms <= 0 or not self._socket.poll(remaining_ms):
+                # The server may be gone (or a new one is there): greet again before the next stop or
+                # reset, on a fresh connection with nothing stale queued.
+                self._greeted = False
+                self._open_socket()
                 raise DriverFault(
                     FaultReason.timeout,
                     f"no answer from the bridge server at {self.config.server} to {header['op']} "
@@ -205,15 +209,16 @@ class BridgeDriver(RobotDriver):
 
     def stop(self) -> None:
         """Bring the arm to rest (the server recovers it from a reflex first); says hello again if
-        the server no longer knows this client."""
+        the server no longer knows this client (failing within ``request_timeout_s`` when it does
+        not answer)."""
         if not self._greeted:
-            self._hello(self.config.connect_timeout_s)
+            self._hello(self.config.request_timeout_s)
         timeout = float(self.server_info.get("stop_timeout_s", 5.0)) + STOP_REPLY_MARGIN_S
         self._request({"op": "stop"}, timeout)
 
     def reset(self, home: np.ndarray) -> RobotState:
         if not self._greeted:
-            self._hello(self.config.connect_timeout_s)
+            self._hello(self.config.request_timeout_s)
         home = np.asarray(home, dtype=np.float64)
         header, frames = self._request({"op": "reset", "home": home.tolist()}, max(self.config.request_timeout_s, 5.0))
         return protocol.decode_state(header, frames)

@@ -1,0 +1,182 @@
+"""The bridge server against malformed and adversarial requests: any bytes get an error reply or
+are dropped, nothing unfiltered or non-finite ever reaches the arm, and the server keeps serving.
+
+The server runs in a thread of this process with its real simulated arm (PyBullet, free-running);
+the arm is wrapped to record every velocity target the server sets: what the robot would see.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from robot_drivers.bridge import protocol
+from robot_drivers.bridge.config import BridgeServerConfig
+from robot_drivers.bridge.server import BridgeServer
+from sim.bridge_arm import SimArm
+
+
+class RecordingArm(SimArm):
+    """The simulated arm, recording every velocity target it is given (what would reach libfranka)."""
+
+    def __init__(self, options) -> None:
+        super().__init__(options)
+        self.targets: list[np.ndarray] = []
+
+    def set_velocity_target(self, joint_velocity: np.ndarray) -> None:
+        self.targets.append(np.array(joint_velocity, dtype=np.float64))
+        super().set_velocity_target(joint_velocity)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    address = f"ipc://{tmp_path_factory.mktemp('bridge')}/bridge"
+    config = BridgeServerConfig(address=address, options={"backend": "pybullet", "cameras": []})
+    arm = RecordingArm(config.options)
+    lines: list[str] = []
+    bridge = BridgeServer(config, arm=arm, log=lines.append)
+    stop, ready = threading.Event(), threading.Event()
+    thread = threading.Thread(target=bridge.serve, kwargs={"should_stop": stop.is_set, "ready": ready.set})
+    thread.start()
+    assert ready.wait(30)
+    yield bridge, arm, address, lines
+    stop.set()
+    thread.join(timeout=30)
+
+
+class Client:
+    def __init__(self, address: str) -> None:
+        self.context = zmq.Context.instance()
+        self.sock = self.context.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(address)
+        self.next_id = 0
+
+    def raw(self, frames: list[bytes], timeout_ms: int = 2000) -> dict | None:
+        self.sock.send_multipart(frames)
+        if not self.sock.poll(timeout_ms):
+            return None
+        return protocol.decode_reply(self.sock.recv_multipart())[0]
+
+    def request(self, **fields) -> dict:
+        self.next_id += 1
+        reply = self.raw(protocol.encode({"id": self.next_id, **fields}))
+        assert reply is not None, f"no reply to {fields}"
+        return reply
+
+    def hello(self) -> dict:
+        return self.request(op="hello", protocol=protocol.PROTOCOL, control_rate_hz=20.0, client_time=time.time())
+
+    def command(self, seq: int, dq, sent: float | None = None) -> dict:
+        return self.request(op="command", seq=seq, sent=time.time() if sent is None else sent, dq=list(dq))
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+def _targets_are_safe(arm: RecordingArm, caps: np.ndarray) -> None:
+    targets = np.array(arm.targets) if arm.targets else np.zeros((0, 7))
+    assert np.all(np.isfinite(targets))
+    assert np.all(np.abs(targets) <= caps + 1e-12), np.abs(targets).max(axis=0)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(max_size=300), min_size=0, max_size=3))
+def test_any_frames_get_an_error_reply_or_nothing_and_never_move_the_arm(server, frames):
+    bridge, arm, address, _ = server
+    client = Client(address)
+    try:
+        before = len(arm.targets)
+        reply = client.raw(frames or [b""], timeout_ms=500) if frames != [] else None
+        if reply is not None and reply.get("ok"):  # random bytes that happen to be a valid request
+            assert json.loads(frames[0])["op"] in ("state", "status")
+        assert len(arm.targets) == before or np.all(arm.targets[-1] == 0.0)
+        assert client.request(op="status")["ok"], "the server stopped answering"
+    finally:
+        client.close()
+
+
+JSON_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=5),
+    st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=9),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    dq=st.one_of(
+        st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), min_size=7, max_size=7),
+        st.lists(JSON_VALUES, max_size=9),
+        JSON_VALUES,
+    ),
+    seq=JSON_VALUES,
+    extra=st.dictionaries(st.text(max_size=4), JSON_VALUES, max_size=2),
+)
+def test_adversarial_commands_reach_the_arm_only_filtered_and_finite(server, dq, seq, extra):
+    bridge, arm, address, _ = server
+    client = Client(address)
+    try:
+        assert client.hello()["ok"]
+        body = {"op": "command", "id": 1, "seq": seq, "sent": time.time(), "dq": dq, **extra}
+        text = json.dumps(body)  # NaN and Infinity become the tokens JSON does not have: refused
+        reply = client.raw([text.encode()])
+        assert reply is not None
+        values = np.array(dq, dtype=float) if isinstance(dq, list) and len(dq) == 7 else None
+        if values is not None and not np.all(np.isfinite(values)) and reply.get("reason") == "invalid_command":
+            assert np.all(arm.targets[-1] == 0.0), "a non-finite command did not stop the arm"
+        _targets_are_safe(arm, bridge.config.safety.velocity_caps)
+    finally:
+        client.close()
+
+
+def test_the_driving_client_is_filtered_stopped_on_non_finite_input_and_drops_stale_commands(server):
+    bridge, arm, address, lines = server
+    caps = bridge.config.safety.velocity_caps
+    other = Client(address)
+    client = Client(address)
+    try:
+        assert client.hello()["ok"]
+        # Out of range: clipped (and rate-limited) by the robot-side filter.
+        reply = client.command(0, [5.0, -5.0, 0, 0, 0, 0, 0])
+        assert reply["ok"] and np.all(np.abs(reply["applied"]) <= caps) and "velocity_clip" in reply["events"]
+        # A huge number written as JSON (1e999 parses as infinity): the arm is stopped, an error.
+        reply = client.raw(
+            [b'{"op": "command", "id": 7, "seq": 1, "sent": %f, "dq": [1e999, 0, 0, 0, 0, 0, 0]}' % time.time()]
+        )
+        assert not reply["ok"] and reply["reason"] == "invalid_command"
+        assert np.all(arm.targets[-1] == 0.0)
+        # Out of order and stale: dropped, counted, the arm keeps its target.
+        assert client.command(5, [0.1] + [0] * 6)["ok"]
+        held = arm.targets[-1].copy()
+        assert client.command(4, [0.3] + [0] * 6)["dropped"] == "out_of_order"
+        assert client.command(6, [0.3] + [0] * 6, sent=time.time() - 5.0)["dropped"] == "stale"
+        assert np.all(arm.targets[-1] == held)
+        counters = client.request(op="status")["counters"]
+        assert counters["dropped_out_of_order"] >= 1 and counters["dropped_stale"] >= 1
+        # Another client may read, not drive, while this one commands.
+        assert other.request(op="state", images=False)["ok"]
+        refused = other.command(100, [0.1] + [0] * 6)
+        assert not refused["ok"] and "does not drive the arm" in refused["error"]
+        taken = other.hello()
+        assert not taken["ok"] and "another client" in taken["error"]
+        _targets_are_safe(arm, caps)
+        # Silence: the watchdog stops the arm, logged.
+        assert client.command(7, [0.2] + [0] * 6)["ok"]
+        time.sleep(0.3)
+        assert np.all(arm.targets[-1] == 0.0)
+        assert any(line.startswith("watchdog: no valid command") for line in lines), lines
+        assert client.request(op="stop")["ok"]
+    finally:
+        client.close()
+        other.close()
