@@ -90,7 +90,7 @@ def _targets_are_safe(arm: RecordingArm, caps: np.ndarray) -> None:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.binary(max_size=300), min_size=0, max_size=3))
 def test_any_frames_get_an_error_reply_or_nothing_and_never_move_the_arm(server, frames):
-    bridge, arm, address, _ = server
+    _bridge, arm, address, _ = server
     client = Client(address)
     try:
         before = len(arm.targets)

@@ -246,7 +246,7 @@ def _status(address: str) -> dict:
 
 
 def test_killing_the_bridge_mid_episode_holds_the_collector_until_it_is_back(tmp_path, bridge):
-    server, address, monitor, config_path = bridge
+    server, address, _monitor, config_path = bridge
     session = session_config(tmp_path, address)
     collector = pandalab("collect", "--config", session)
     control = f"ipc://{tmp_path}/control"
