@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+FRANKY_SIM_VENV := .venv-franky-sim
+FRANKY_SIM_STAMP := $(FRANKY_SIM_VENV)/.installed
 DEB_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libosmesa6
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
@@ -21,6 +23,13 @@ $(STAMP): requirements.txt pyproject.toml | sysdeps
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps robosuite==1.5.2
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+# franky-sim in its own venv (it needs mujoco 4 and pinocchio 3+; ours pins mujoco 3.3.7): the bridge
+# tests run it as a subprocess speaking libfranka's protocol on 127.0.0.1.
+$(FRANKY_SIM_STAMP): tools/franky-sim-requirements.txt
+	@test -x $(FRANKY_SIM_VENV)/bin/python || $(PYTHON) -m venv $(FRANKY_SIM_VENV)
+	$(FRANKY_SIM_VENV)/bin/pip install -q --disable-pip-version-check -r tools/franky-sim-requirements.txt
+	@touch $(FRANKY_SIM_STAMP)
 
 # Headless rendering (MuJoCo through EGL / OSMesa on Mesa's CPU rasteriser).
 sysdeps:
@@ -45,7 +54,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+test: lint $(FRANKY_SIM_STAMP)
 	$(BIN)/python -m pytest -q
 
 # Collect in simulation with the real daemon, train TD3+BC and BC on reach:0, evaluate, print the table.
@@ -58,4 +67,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/sim_throughput.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FRANKY_SIM_VENV) .pytest_cache .ruff_cache

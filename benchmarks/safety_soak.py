@@ -592,6 +592,22 @@ def code_fingerprint() -> str:
     return digest.hexdigest()
 
 
+def _same_settings(stored: dict, wanted: dict) -> bool:
+    """Whether a state's settings are ``wanted``: a limits field added to `SafetyLimits` after the
+    state was written counts as the same when it has its default (what ran before it existed).
+    ``stored`` is brought up to date when they are the same."""
+    if {k: v for k, v in stored.items() if k != "limits"} != {k: v for k, v in wanted.items() if k != "limits"}:
+        return False
+    old, new = stored.get("limits", {}), wanted["limits"]
+    defaults = SafetyLimits().model_dump(mode="json")
+    if any(key not in new or old[key] != new[key] for key in old):
+        return False
+    if any(new[key] != defaults.get(key) for key in new if key not in old):
+        return False
+    stored["limits"] = new
+    return True
+
+
 def settings(seed: int, limits: SafetyLimits, episode_steps: int) -> dict:
     """What must match for a state to be continued (besides the code)."""
     return json.loads(
@@ -694,7 +710,7 @@ def run(
             os.replace(state_path, state_path.with_name(state_path.name + ".old"))
             log(f"--fresh: the previous state is kept as {state_path.name}.old")
         state = {"settings": wanted, "code": [fingerprint], "target_steps": 0, "runs": {}}
-    elif state["settings"] != wanted:
+    elif not _same_settings(state["settings"], wanted):
         different = sorted(k for k in wanted if state["settings"].get(k) != wanted.get(k))
         raise StateError(f"{state_path} was measured with other settings ({', '.join(different)}); use --fresh")
     elif state["code"][-1] != fingerprint:

@@ -111,7 +111,7 @@ class SafeDriver:
     def _execute_reset(self, home: np.ndarray) -> None:
         state = self.read_state()
         plan = plan_reset(state.q, state.dq, home, self.limits, self.driver.control_rate_hz)
-        controller = ResetController(plan)
+        controller = ResetController(plan, tolerance=self.limits.reset_tolerance, rest_speed=self.limits.rest_speed)
         joint_filter = SafetyFilter(self.limits, self.driver.control_rate_hz, ActionSpace.joint_velocity.value)
         steps = int(RESET_TIMEOUT_S * self.driver.control_rate_hz)
         period = 1.0 / self.driver.control_rate_hz

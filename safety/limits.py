@@ -148,6 +148,18 @@ class SafetyLimits(StrictModel):
     tip_delta_max: float = Field(
         0.02, gt=0.0, le=0.1, description="Largest tool-tip displacement per control step per axis, m (tip_delta)."
     )
+    reset_tolerance: float = Field(
+        0.002,
+        gt=0.0,
+        le=0.05,
+        description="A planned reset is done once every joint is this close to home, rad, and slower than rest_speed.",
+    )
+    rest_speed: float = Field(
+        0.01,
+        gt=0.0,
+        le=0.2,
+        description="Joint speed below which the arm counts as at rest at the end of a planned reset, rad/s.",
+    )
 
     # ---- validators: each names the offending field (pydantic puts it in the error's loc) -----
     @field_validator("q_max")

@@ -13,14 +13,13 @@ import time
 
 import numpy as np
 import pytest
-import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from robot_drivers.bridge import protocol
 from robot_drivers.bridge.config import BridgeServerConfig
 from robot_drivers.bridge.server import BridgeServer
 from sim.bridge_arm import SimArm
+from tests.bridge.clients import Client
 
 
 class RecordingArm(SimArm):
@@ -49,36 +48,6 @@ def server(tmp_path_factory):
     yield bridge, arm, address, lines
     stop.set()
     thread.join(timeout=30)
-
-
-class Client:
-    def __init__(self, address: str) -> None:
-        self.context = zmq.Context.instance()
-        self.sock = self.context.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(address)
-        self.next_id = 0
-
-    def raw(self, frames: list[bytes], timeout_ms: int = 2000) -> dict | None:
-        self.sock.send_multipart(frames)
-        if not self.sock.poll(timeout_ms):
-            return None
-        return protocol.decode_reply(self.sock.recv_multipart())[0]
-
-    def request(self, **fields) -> dict:
-        self.next_id += 1
-        reply = self.raw(protocol.encode({"id": self.next_id, **fields}))
-        assert reply is not None, f"no reply to {fields}"
-        return reply
-
-    def hello(self) -> dict:
-        return self.request(op="hello", protocol=protocol.PROTOCOL, control_rate_hz=20.0, client_time=time.time())
-
-    def command(self, seq: int, dq, sent: float | None = None) -> dict:
-        return self.request(op="command", seq=seq, sent=time.time() if sent is None else sent, dq=list(dq))
-
-    def close(self) -> None:
-        self.sock.close(0)
 
 
 def _targets_are_safe(arm: RecordingArm, caps: np.ndarray) -> None:

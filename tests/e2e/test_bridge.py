@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -28,6 +27,7 @@ from robot_drivers.bridge import protocol
 from robot_drivers.bridge.client import BridgeDriver
 from safety.limits import FRANKA_DDQ_MAX
 from store import read_events, read_manifest, verify_session
+from tests.bridge.clients import Monitor
 from tests.e2e.conftest import REPO, pandalab, wait_for, wait_until_answering
 
 WATCHDOG_S = 0.1
@@ -68,56 +68,6 @@ def session_config(tmp_path, address: str, **overrides) -> str:
 
 def serve(config_path: str) -> subprocess.Popen:
     return pandalab("bridge", "serve", "--config", config_path)
-
-
-class Monitor:
-    """Reads the arm's state from the bridge as often as it answers (any client may read it), in a
-    thread: (wall time, q, dq) samples."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.samples: list[tuple[float, np.ndarray, np.ndarray]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        context = zmq.Context()
-        sock = context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.address)
-        request_id = 0
-        while not self._stop.is_set():
-            request_id += 1
-            sock.send_multipart(protocol.encode({"op": "state", "id": request_id, "images": False}))
-            if sock.poll(200):
-                header, frames = protocol.decode_reply(sock.recv_multipart())
-                if header.get("id") == request_id and header.get("ok"):
-                    state = protocol.decode_state(header, frames)
-                    self.samples.append((time.monotonic(), state.q, state.dq))
-            else:  # the server is gone: a fresh socket for when it is back
-                sock.close(0)
-                sock = context.socket(zmq.DEALER)
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.connect(self.address)
-            time.sleep(0.002)
-        sock.close(0)
-        context.term()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def moving(self) -> bool:
-        return bool(self.samples) and float(np.max(np.abs(self.samples[-1][2]))) > 0.1
-
-    def after(self, t0: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        rows = [s for s in self.samples if s[0] >= t0]
-        return np.array([r[0] for r in rows]), np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
-
-    def last_before(self, t0: float) -> tuple[np.ndarray, np.ndarray]:
-        rows = [s for s in self.samples if s[0] < t0]
-        return rows[-1][1], rows[-1][2]
 
 
 def _check_stopped_by_watchdog(monitor: Monitor, since: float, horizon_s: float) -> float:
