@@ -74,6 +74,8 @@ TELEMETRY_PERIOD_S = 0.5
 LINK_FAULTS = frozenset({FaultReason.connection_lost, FaultReason.timeout})
 """Driver faults that mean the robot does not answer: the collector holds until it does."""
 LINK_CHECK_PERIOD_S = 1.0
+MAX_LINK_LOSSES = 5
+"""Link losses without a finished episode in between before the collector holds for the operator."""
 """While held for a lost link, how often the robot is asked whether it answers again, s."""
 MAX_CONSECUTIVE_FAULTS = 3
 """Driver faults in a row (each followed by a failed recovery) before the collector gives up."""
@@ -134,6 +136,8 @@ class Collector:
         self.started_at = time.monotonic()
         self._step_times: collections.deque[float] = collections.deque(maxlen=200)
         self._link_checked_at = 0.0
+        self._link_losses = 0
+        """Robot link losses since the last finished episode."""
         self._last_telemetry = 0.0
         self._sigint_count = 0
         self.store: SessionStore | None = None
@@ -401,7 +405,10 @@ class Collector:
                     if lifecycle.hold is not None:
                         continue
                 result = self.run_episode()
-                faults = 0 if result.outcome != "fault" else faults + 1
+                link_lost = lifecycle.hold is not None and lifecycle.hold.kind is HoldKind.link
+                if result.outcome == "complete":
+                    self._link_losses = 0
+                faults = 0 if result.outcome != "fault" else faults + (0 if link_lost else 1)
             except DriverFault as fault:
                 lifecycle.needs_reset = True
                 self.store.log_event("driver_fault", reason=fault.reason.value, message=fault.message, fsync=True)
@@ -482,10 +489,26 @@ class Collector:
         return not self.store.health().hold
 
     def _hold_for_link(self, fault: DriverFault) -> bool:
-        """Hold for a lost robot link (True) when ``fault`` is one (the robot does not answer)."""
+        """Hold for a lost robot link (True) when ``fault`` is one (the robot does not answer).
+
+        The hold clears by itself when the robot answers again; after `MAX_LINK_LOSSES` losses with
+        no episode finished in between it waits for the operator instead.  A hold that already waits
+        for the operator is kept (a link hold would clear by itself)."""
         if fault.reason not in LINK_FAULTS:
             return False
         self.lifecycle.needs_reset = True
+        self._link_losses += 1
+        current = self.lifecycle.hold
+        if current is not None and not current.clears_by_itself:
+            return True
+        if self._link_losses >= MAX_LINK_LOSSES:
+            self.lifecycle.hold_for(
+                HoldKind.safety,
+                f"the robot link was lost {self._link_losses} times without a finished episode ({fault.message}): "
+                "check the robot and the network, then resume",
+            )
+            self._link_losses = 0
+            return True
         self.lifecycle.hold_for(HoldKind.link, f"the robot does not answer ({fault.message}); waiting for it")
         self._link_checked_at = time.monotonic()
         return True

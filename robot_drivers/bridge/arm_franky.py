@@ -38,14 +38,15 @@ from robot_drivers.types import NUM_JOINTS, RobotState
 from safety import kinematics
 from safety.strict_model import StrictModel
 
-MOTION_HOLD_MS = 1000
-"""How long franky holds a velocity target after reaching it, ms: far beyond a command period, so
-the bridge's own watchdog (100 ms) is what stops the arm when commands stop."""
-GRIPPER_READ_PERIOD_S = 0.5
-"""How often the gripper's opening is read (a network request to the gripper server), s."""
+MOTION_HOLD_MS = 200
+"""How long franky holds a velocity target after reaching it, ms: longer than a command period (the
+next command replaces the motion), and short, so that if the bridge's own loop stalled (its
+watchdog stalled with it) franky still ends the motion itself soon after."""
 PROBE = """
 import sys, franky
 franky.Robot(sys.argv[1], realtime_config=franky.RealtimeConfig.Ignore)
+if sys.argv[2] == "1":
+    franky.Gripper(sys.argv[1])
 """
 
 
@@ -91,7 +92,8 @@ class FrankyArm(Arm):
         self._robot: Any = None
         self._gripper: Any = None
         self._gripper_width = float("nan")
-        self._gripper_read_at = -np.inf
+        """The opening read at connect, m: the gripper is held closed (a read is a network request the
+        bridge's loop must not wait for)."""
         self._fault: str | None = None
         self._target = np.zeros(NUM_JOINTS)
         self._moving = False
@@ -133,7 +135,7 @@ class FrankyArm(Arm):
         an address that accepts and does not answer."""
         try:
             done = subprocess.run(
-                [sys.executable, "-c", PROBE, hostname],
+                [sys.executable, "-c", PROBE, hostname, "1" if self.options.gripper else "0"],
                 capture_output=True,
                 text=True,
                 timeout=self.options.connect_timeout_s,
@@ -167,10 +169,6 @@ class FrankyArm(Arm):
         except franky.ControlException as error:  # a reflex or a refused motion: the robot stopped
             self._fault = " ".join(str(error).split())
             self._moving = False
-        if self._gripper is not None and now - self._gripper_read_at > GRIPPER_READ_PERIOD_S:
-            self._gripper_read_at = now
-            with contextlib.suppress(Exception):
-                self._gripper_width = float(self._gripper.width)
 
     def state(self, images: bool = False) -> RobotState:
         joint_state = self._robot.current_joint_state
@@ -198,8 +196,8 @@ class FrankyArm(Arm):
             self._robot.move(motion, asynchronous=True)
             self._moving = True
             self._target = target
-        except franky.ControlException as error:
-            self._fault = " ".join(str(error).split())
+        except Exception as error:  # ControlException (a reflex), or the link: the robot stopped itself
+            self._fault = f"{type(error).__name__}: " + " ".join(str(error).split())
             self._moving = False
 
     def fault(self) -> str | None:

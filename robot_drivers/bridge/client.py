@@ -33,6 +33,9 @@ from robot_drivers.types import NUM_JOINTS, ActionSpace, Command, RobotState
 
 STOP_REPLY_MARGIN_S = 2.0
 """Extra wait for a stop's answer beyond the server's own stop timeout, s."""
+MAX_DROPPED_IN_A_ROW = 3
+"""Commands in a row the server may drop (stale, out of order, too soon) before `send` faults: the
+arm is not doing what the collector records."""
 SPAWN_GRACE_S = 10.0
 """How long a spawned server gets to stop the arm and exit after SIGTERM, s."""
 
@@ -61,6 +64,7 @@ class BridgeDriver(RobotDriver):
         self._seq = itertools.count(0)
         self._child: subprocess.Popen | None = None
         self._greeted = False
+        self._dropped_in_a_row = 0
 
     # ---- connection -----------------------------------------------------------------------------
     def connect(self) -> None:
@@ -206,6 +210,15 @@ class BridgeDriver(RobotDriver):
         )
         if "dropped" in reply:
             self.dropped_commands += 1
+            self._dropped_in_a_row += 1
+            if self._dropped_in_a_row >= MAX_DROPPED_IN_A_ROW:
+                raise DriverFault(
+                    FaultReason.robot_error,
+                    f"the bridge dropped {self._dropped_in_a_row} commands in a row ({reply['dropped']}): the arm "
+                    "holds still; check the clocks of both machines and the command rate",
+                )
+        else:
+            self._dropped_in_a_row = 0
 
     def stop(self) -> None:
         """Bring the arm to rest (the server recovers it from a reflex first); says hello again if
@@ -221,10 +234,16 @@ class BridgeDriver(RobotDriver):
             self._hello(self.config.request_timeout_s)
         home = np.asarray(home, dtype=np.float64)
         header, frames = self._request({"op": "reset", "home": home.tolist()}, max(self.config.request_timeout_s, 5.0))
-        return protocol.decode_state(header, frames)
+        try:
+            return protocol.decode_state(header, frames)
+        except (protocol.ProtocolError, KeyError, TypeError, ValueError) as error:
+            raise DriverFault(FaultReason.connection_lost, f"bridge server sent a bad state: {error}") from None
 
     def close(self) -> None:
         if self._socket is not None:
+            if self._greeted:  # let go of the arm, so that the next collector may drive it at once
+                with contextlib.suppress(DriverFault):
+                    self._request({"op": "bye"}, min(self.config.request_timeout_s, 0.5))
             self._socket.close(0)
             self._socket = None
         if self._context is not None:

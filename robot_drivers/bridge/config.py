@@ -40,6 +40,14 @@ class BridgeServerConfig(StrictModel):
         description="The limits the robot-side filter enforces on every command (the collector's must be the same "
         "or tighter).",
     )
+    control_rate_hz: float = Field(
+        20.0,
+        gt=0.0,
+        le=1000.0,
+        description="The collectors' command rate, Hz (a hello at another rate is refused); the robot-side filter "
+        "limits each command's change to one period's acceleration, and commands arriving sooner than half a "
+        "period after the last are dropped.",
+    )
     watchdog_ms: float = Field(
         100.0,
         ge=10.0,

@@ -18,6 +18,7 @@ Requests (client -> server):
 - ``reset``: ``home`` (7 angles, rad).  Simulated arm: put it and the cube back; a real arm:
   confirm it stands at home.  Reply: the state.
 - ``status``: counters of what the server dropped, refused and did.
+- ``bye``: the driving client lets go of the arm (its target becomes zero); another may say hello.
 
 Replies: ``{"ok": true, "id": ..., ...}`` or ``{"ok": false, "id": ..., "error": "one line",
 "reason": FaultReason}``.  `parse_request` validates any bytes: it never raises anything but
@@ -37,7 +38,7 @@ from robot_drivers.types import NUM_JOINTS, RobotState
 PROTOCOL = "pandalab-bridge/1"
 MAX_REQUEST_BYTES = 16 * 1024
 """Largest request a server reads, bytes (ZMQ_MAXMSGSIZE): a command is about 200."""
-OPS = ("hello", "state", "command", "stop", "reset", "status")
+OPS = ("hello", "state", "command", "stop", "reset", "status", "bye")
 _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "hello": {"protocol": str, "control_rate_hz": (int, float), "client_time": (int, float)},
     "state": {"images": bool},
@@ -45,6 +46,7 @@ _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "stop": {},
     "reset": {"home": list},
     "status": {},
+    "bye": {},
 }
 """Per op, its fields besides ``op`` and ``id`` (all required) and their JSON types."""
 MAX_ID = 2**53
@@ -54,10 +56,6 @@ IMAGE_DTYPE = "uint8"
 
 class ProtocolError(ValueError):
     """A message that does not follow the protocol; the text says what is wrong, in one line."""
-
-
-def _reject_constant(name: str) -> None:
-    raise ProtocolError(f"the request holds {name}, which is not a JSON number")
 
 
 def parse_request(frames: list[bytes]) -> dict[str, Any]:
@@ -75,7 +73,9 @@ def parse_request(frames: list[bytes]) -> dict[str, Any]:
         raise ProtocolError("a request is a JSON object")
     try:
         text = raw.decode("utf-8")
-        request = json.loads(text, parse_constant=_reject_constant)
+        # NaN and Infinity are read as the floats they name: a command holding one must be recognised
+        # as a command with a non-finite value (the server stops the arm), not as garbage.
+        request = json.loads(text, parse_constant=float)
     except UnicodeDecodeError:
         raise ProtocolError("the request is not UTF-8 text") from None
     except json.JSONDecodeError as error:
@@ -104,13 +104,27 @@ def parse_request(frames: list[bytes]) -> dict[str, Any]:
         if not 0 <= request["seq"] <= MAX_ID:
             raise ProtocolError("command: 'seq' must be 0..2**53")
         request["dq"] = _joint_vector(request["dq"], "command: 'dq'")
-        if not math.isfinite(request["sent"]):
-            raise ProtocolError("command: 'sent' must be a finite time")
+        request["sent"] = _finite(request["sent"], "command: 'sent'")
     elif op == "reset":
         request["home"] = _joint_vector(request["home"], "reset: 'home'")
-    elif op == "hello" and not (math.isfinite(request["control_rate_hz"]) and 0 < request["control_rate_hz"] <= 1000):
-        raise ProtocolError("hello: 'control_rate_hz' must be in (0, 1000]")
+    elif op == "hello":
+        request["client_time"] = _finite(request["client_time"], "hello: 'client_time'")
+        rate = _finite(request["control_rate_hz"], "hello: 'control_rate_hz'")
+        if not 0 < rate <= 1000:
+            raise ProtocolError("hello: 'control_rate_hz' must be in (0, 1000]")
+        request["control_rate_hz"] = rate
     return request
+
+
+def _finite(value: int | float, what: str) -> float:
+    """A JSON number as a finite float; an integer beyond a double's range, NaN or infinity refused."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ProtocolError(f"{what} is out of range") from None
+    if not math.isfinite(number):
+        raise ProtocolError(f"{what} must be finite")
+    return number
 
 
 def _joint_vector(values: list, what: str) -> np.ndarray:

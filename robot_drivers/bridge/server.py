@@ -41,6 +41,9 @@ from safety import SafetyFilter
 SERVER_VERSION = "1"
 AT_REST_SPEED = 0.01
 """A stop is answered once every joint is slower than this, rad/s."""
+DRIVER_LEASE_S = 5.0
+"""Another client's hello takes the arm over only once the driving client has sent nothing for this
+long, s, and the arm stands still (a collector training between episodes keeps it)."""
 REST_WINDOW_S = 0.05
 """Window over which joint motion is measured from positions when the velocities are noisy, s."""
 MAX_REQUESTS_PER_TICK = 20
@@ -60,6 +63,7 @@ class BridgeServer:
             "commands": 0,
             "dropped_out_of_order": 0,
             "dropped_stale": 0,
+            "dropped_too_soon": 0,
             "refused": 0,
             "malformed": 0,
             "watchdog_stops": 0,
@@ -72,6 +76,7 @@ class BridgeServer:
         self._clock_offset_s = 0.0
         self._last_seq = -1
         self._last_command_at = -np.inf
+        self._driver_seen_at = -np.inf
         self._moving = False
         """Whether the arm's target is not zero."""
         self._pending: list[tuple[bytes, dict[str, Any], float]] = []
@@ -117,6 +122,7 @@ class BridgeServer:
         finally:
             with contextlib.suppress(Exception):
                 self.arm.set_velocity_target(np.zeros(NUM_JOINTS))
+                self._positions.clear()
                 stop_by = time.monotonic() + self.config.stop_timeout_s
                 while time.monotonic() < stop_by and not self._at_rest():
                     self.arm.tick(time.monotonic())
@@ -140,7 +146,11 @@ class BridgeServer:
             self._moving = False
         self._fault_logged = fault
         if self._moving and now - self._last_command_at > self.watchdog_s:
-            self._stop_arm()
+            try:
+                self._stop_arm()
+            except Exception as error:  # nothing else can stop it: say so loudly, then fail
+                self.log(f"watchdog: the arm refused the stop ({type(error).__name__}: {error})")
+                raise
             self.counters["watchdog_stops"] += 1
             self.log(
                 f"watchdog: no valid command for {1000 * (now - self._last_command_at):.0f} ms "
@@ -159,14 +169,16 @@ class BridgeServer:
         """Every joint slower than `AT_REST_SPEED`, by its measured velocity or, where that is noisy
         (franky-sim's joint 7 chatters at +-0.08 rad/s standing still), by how far it moved over the
         last `REST_WINDOW_S`."""
-        now, q, dq = time.monotonic(), *(lambda s: (s.q, s.dq))(self.arm.state())
+        state = self.arm.state()
+        now, q = time.monotonic(), state.q
         self._positions.append((now, q))
         while len(self._positions) > 2 and now - self._positions[1][0] >= REST_WINDOW_S:
             self._positions.popleft()
-        if float(np.max(np.abs(dq))) < AT_REST_SPEED:
+        if float(np.max(np.abs(state.dq))) < AT_REST_SPEED:
             return True
         then, q_then = self._positions[0]
-        return now - then >= REST_WINDOW_S and float(np.max(np.abs(q - q_then))) < AT_REST_SPEED * (now - then)
+        age = now - then  # only a sample of the last window or two: never one left from an earlier stop
+        return REST_WINDOW_S <= age <= 2 * REST_WINDOW_S and float(np.max(np.abs(q - q_then))) < AT_REST_SPEED * age
 
     # ---- requests ---------------------------------------------------------------------------------
     def _answer_requests(self) -> None:
@@ -184,10 +196,15 @@ class BridgeServer:
             identity, body = frames[0], frames[1:]
             try:
                 request = protocol.parse_request(body)
-            except protocol.ProtocolError as error:
+            except Exception as error:  # ProtocolError; anything else would be a parser bug: never fatal
                 self.counters["malformed"] += 1
+                if identity == self.driver and self._moving:  # the arm's own driver sent garbage: stop
+                    self._stop_arm()
+                    self.log(f"a malformed request from the driving client: the arm is stopped ({error})")
                 self._reply(identity, {"ok": False, "id": None, "error": str(error), "reason": "invalid_command"})
                 continue
+            if identity == self.driver:
+                self._driver_seen_at = time.monotonic()
             try:
                 self._handle(identity, request)
             except DriverFault as fault:
@@ -217,6 +234,7 @@ class BridgeServer:
                 message, reason = self.arm.fault(), self.arm.fault_reason()
                 self.arm.recover()
                 self.log(f"recovered from {reason} ({message})")
+            self._positions.clear()
             self._pending.append((identity, request, time.monotonic() + self.config.stop_timeout_s))
         elif op == "reset":
             self._require_driver(identity, request)
@@ -227,6 +245,12 @@ class BridgeServer:
             if self._filter is not None:
                 self._filter.reset()
             self._reply(identity, {}, protocol.encode_state(request["id"], self.arm.state(images=True)))
+        elif op == "bye":
+            if identity == self.driver:
+                self._stop_arm()
+                self.driver = None
+                self.log("the driving client let go")
+            self._reply(identity, {"ok": True, "id": request["id"]})
         elif op == "status":
             self._reply(identity, {"ok": True, "id": request["id"], "counters": dict(self.counters)})
 
@@ -237,12 +261,23 @@ class BridgeServer:
                 f"protocol {ascii(request['protocol'])[:40]} not spoken here (this bridge: {protocol.PROTOCOL})",
             )
         now = time.monotonic()
-        if self.driver not in (None, identity) and now - self._last_command_at < self.watchdog_s:
-            raise DriverFault(FaultReason.robot_error, "another client is driving this arm")
+        if self.driver not in (None, identity) and (now - self._driver_seen_at < DRIVER_LEASE_S or self._moving):
+            raise DriverFault(
+                FaultReason.robot_error,
+                f"another client is driving this arm (it is taken over once silent for {DRIVER_LEASE_S:g} s)",
+            )
+        rate = float(request["control_rate_hz"])
+        if abs(rate - self.config.control_rate_hz) > 1e-6 * self.config.control_rate_hz:
+            raise DriverFault(
+                FaultReason.invalid_command,
+                f"this bridge takes commands at {self.config.control_rate_hz:g} Hz (its config's control_rate_hz), "
+                f"not {rate:g} Hz",
+            )
         if self.driver != identity:
             self._stop_arm()
         self.driver = identity
-        self._filter = SafetyFilter(self.config.safety, float(request["control_rate_hz"]), "joint_velocity")
+        self._driver_seen_at = now
+        self._filter = SafetyFilter(self.config.safety, self.config.control_rate_hz, "joint_velocity")
         self._last_seq = -1
         self._last_command_at = -np.inf
         self._clock_offset_s = time.time() - float(request["client_time"])
@@ -292,6 +327,12 @@ class BridgeServer:
         if age > self.max_command_age_s:
             self.counters["dropped_stale"] += 1
             self._reply(identity, {"ok": True, "id": request_id, "dropped": "stale", "age_s": age})
+            return
+        if time.monotonic() - self._last_command_at < 0.5 / self.config.control_rate_hz:
+            # faster than the filter's period allows: each command may change the velocity by one
+            # period's acceleration, so a command stream at a higher rate would accelerate faster
+            self.counters["dropped_too_soon"] += 1
+            self._reply(identity, {"ok": True, "id": request_id, "dropped": "too_soon"})
             return
         fault = self.arm.fault()
         if fault is not None:

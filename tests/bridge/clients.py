@@ -19,6 +19,7 @@ class Client:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(address)
         self.next_id = 0
+        self._last_command = -1.0
 
     def raw(self, frames: list[bytes], timeout_ms: int = 2000) -> dict | None:
         self.sock.send_multipart(frames)
@@ -35,7 +36,12 @@ class Client:
     def hello(self) -> dict:
         return self.request(op="hello", protocol=protocol.PROTOCOL, control_rate_hz=20.0, client_time=time.time())
 
-    def command(self, seq: int, dq, sent: float | None = None) -> dict:
+    def command(self, seq: int, dq, sent: float | None = None, paced: bool = True) -> dict:
+        """A command; ``paced``: at least 30 ms after the previous one (the server drops commands
+        arriving sooner than half a 20 Hz period after the last)."""
+        if paced:
+            time.sleep(max(0.0, self._last_command + 0.03 - time.monotonic()))
+        self._last_command = time.monotonic()
         return self.request(op="command", seq=seq, sent=time.time() if sent is None else sent, dq=list(dq))
 
     def close(self) -> None:

@@ -16,10 +16,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from robot_drivers.bridge import protocol
 from robot_drivers.bridge.config import BridgeServerConfig
 from robot_drivers.bridge.server import BridgeServer
 from sim.bridge_arm import SimArm
 from tests.bridge.clients import Client
+
+
+@pytest.fixture(scope="module")
+def driving(server):
+    """The client driving the arm (one per module: another is refused while it is active)."""
+    client = Client(server[2])
+    assert client.hello()["ok"]
+    yield client
+    client.request(op="stop")
+    client.close()
 
 
 class RecordingArm(SimArm):
@@ -92,28 +103,25 @@ JSON_VALUES = st.one_of(
     seq=JSON_VALUES,
     extra=st.dictionaries(st.text(max_size=4), JSON_VALUES, max_size=2),
 )
-def test_adversarial_commands_reach_the_arm_only_filtered_and_finite(server, dq, seq, extra):
-    bridge, arm, address, _ = server
-    client = Client(address)
-    try:
-        assert client.hello()["ok"]
-        body = {"op": "command", "id": 1, "seq": seq, "sent": time.time(), "dq": dq, **extra}
-        text = json.dumps(body)  # NaN and Infinity become the tokens JSON does not have: refused
-        reply = client.raw([text.encode()])
-        assert reply is not None
-        values = np.array(dq, dtype=float) if isinstance(dq, list) and len(dq) == 7 else None
-        if values is not None and not np.all(np.isfinite(values)) and reply.get("reason") == "invalid_command":
-            assert np.all(arm.targets[-1] == 0.0), "a non-finite command did not stop the arm"
-        _targets_are_safe(arm, bridge.config.safety.velocity_caps)
-    finally:
-        client.close()
+def test_adversarial_commands_reach_the_arm_only_filtered_and_finite(server, driving, dq, seq, extra):
+    bridge, arm, _, _ = server
+    client = driving
+    time.sleep(0.03)  # not dropped as too soon after the previous example's command
+    body = {"op": "command", "id": 1, "seq": seq, "sent": time.time(), "dq": dq, **extra}
+    text = json.dumps(body)  # NaN and Infinity as JSON's NaN / Infinity tokens: read, then the arm stopped
+    reply = client.raw([text.encode()])
+    assert reply is not None
+    values = np.array(dq, dtype=float) if isinstance(dq, list) and len(dq) == 7 else None
+    if values is not None and not np.all(np.isfinite(values)) and reply.get("reason") == "invalid_command":
+        assert np.all(arm.targets[-1] == 0.0), "a non-finite command did not stop the arm"
+    _targets_are_safe(arm, bridge.config.safety.velocity_caps)
 
 
-def test_the_driving_client_is_filtered_stopped_on_non_finite_input_and_drops_stale_commands(server):
+def test_the_driving_client_is_filtered_stopped_on_non_finite_input_and_drops_stale_commands(server, driving):
     bridge, arm, address, lines = server
     caps = bridge.config.safety.velocity_caps
     other = Client(address)
-    client = Client(address)
+    client = driving
     try:
         assert client.hello()["ok"]
         # Out of range: clipped (and rate-limited) by the robot-side filter.
@@ -140,12 +148,32 @@ def test_the_driving_client_is_filtered_stopped_on_non_finite_input_and_drops_st
         taken = other.hello()
         assert not taken["ok"] and "another client" in taken["error"]
         _targets_are_safe(arm, caps)
+        # Faster than the filter's period: dropped.
+        assert client.command(20, [0.1] + [0] * 6)["ok"]
+        assert client.command(21, [0.1] + [0] * 6, paced=False)["dropped"] == "too_soon"
+        # A NaN written as JSON's NaN token from the driving client: recognised, the arm stopped.
+        assert client.command(22, [0.2] + [0] * 6)["ok"] and np.any(arm.targets[-1])
+        time.sleep(0.03)
+        nan = b'{"op": "command", "id": 9, "seq": 23, "sent": %f, "dq": [NaN, 0, 0, 0, 0, 0, 0]}' % time.time()
+        reply = client.raw([nan])
+        assert not reply["ok"] and reply["reason"] == "invalid_command" and np.all(arm.targets[-1] == 0.0)
+        # Numbers no double holds: an error reply, never a crash.
+        huge = b'{"op": "command", "id": 10, "seq": 24, "sent": 1%s, "dq": [0, 0, 0, 0, 0, 0, 0]}' % (b"0" * 400)
+        assert not client.raw([huge])["ok"]
+        wrong_rate = other.request(op="hello", protocol=protocol.PROTOCOL, control_rate_hz=1.0, client_time=time.time())
+        assert not wrong_rate["ok"]
+        # A stop is answered only once the arm is at rest (also right after an earlier stop).
+        assert client.request(op="stop")["ok"]
+        for seq in range(30, 40):
+            assert client.command(seq, [0.5, 0, 0, 0, 0, 0, -0.5])["ok"]
+        assert client.request(op="stop")["ok"]
+        assert np.max(np.abs(arm.state().dq)) < 0.01
         # Silence: the watchdog stops the arm, logged.
-        assert client.command(7, [0.2] + [0] * 6)["ok"]
+        time.sleep(0.03)
+        assert client.command(40, [0.2] + [0] * 6)["ok"]
         time.sleep(0.3)
         assert np.all(arm.targets[-1] == 0.0)
         assert any(line.startswith("watchdog: no valid command") for line in lines), lines
         assert client.request(op="stop")["ok"]
     finally:
-        client.close()
         other.close()

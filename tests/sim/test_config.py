@@ -37,6 +37,6 @@ def test_typo_and_impossible_values_are_each_named():
 
 
 def test_registry_names_backends_without_importing_them():
-    assert backend_names() == ["pybullet", "robosuite"]
+    assert backend_names() == ["bridge", "pybullet", "robosuite"]
     with pytest.raises(KeyError, match="unknown robot backend 'gazebo'"):
         driver_class("gazebo")
