@@ -111,7 +111,8 @@ def test_adversarial_commands_reach_the_arm_only_filtered_and_finite(server, dri
     text = json.dumps(body)  # NaN and Infinity as JSON's NaN / Infinity tokens: read, then the arm stopped
     reply = client.raw([text.encode()])
     assert reply is not None
-    values = np.array(dq, dtype=float) if isinstance(dq, list) and len(dq) == 7 else None
+    numbers = isinstance(dq, list) and len(dq) == 7 and all(type(v) in (int, float) for v in dq)
+    values = np.array(dq, dtype=float) if numbers else None
     if values is not None and not np.all(np.isfinite(values)) and reply.get("reason") == "invalid_command":
         assert np.all(arm.targets[-1] == 0.0), "a non-finite command did not stop the arm"
     _targets_are_safe(arm, bridge.config.safety.velocity_caps)
