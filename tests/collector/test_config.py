@@ -78,3 +78,14 @@ def test_unreadable_file_and_bad_yaml_name_the_file(tmp_path):
     bad.write_text("robot: [unclosed")
     with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
         load_session_config(bad)
+
+
+def test_every_example_config_is_accepted():
+    """configs/: session configs by the collector, bridge_*.yaml by the bridge server."""
+    from robot_drivers.bridge.config import load_bridge_config
+
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        if path.name.startswith("bridge_"):
+            load_bridge_config(path)
+        else:
+            load_session_config(path)
