@@ -69,8 +69,8 @@ BENCHMARK_ARGS = {
     "store_throughput.py": ["--steps", "20", "--episodes", "1"],
 }
 """Tiny budgets for the cheap benchmarks; every other one gets ``--help``."""
-CONFIG_EPISODE_STEPS = {"demo.yaml": 50, "sim_reach_joint.yaml": 20, "sim_cube_tip.yaml": 20}
-EPISODES_BEFORE_CTRL_C = {"sim_reach_joint.yaml": 1, "sim_cube_tip.yaml": 4}
+CONFIG_EPISODE_STEPS = {"demo.yaml": 50, "sim_reach_joint.yaml": 20, "sim_cube_tip.yaml": 20, "sim_bridge.yaml": 20}
+EPISODES_BEFORE_CTRL_C = {"sim_reach_joint.yaml": 1, "sim_cube_tip.yaml": 4, "sim_bridge.yaml": 1}
 """Finished episodes a foreground collector records before the test presses Ctrl-C (the README's
 `data video ... --episode 3` needs four in sim_cube_tip)."""
 COMMAND_TIMEOUT_S = 240
