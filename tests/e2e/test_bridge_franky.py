@@ -18,6 +18,7 @@ and pinocchio 3, ours pins mujoco 3.3.7).  What it does not do, and how the test
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import subprocess
 import sys
@@ -114,6 +115,46 @@ def _speeds_from_positions(t: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np
     return np.array(ends), np.array(speeds)
 
 
+def _assert_at_rest_in_time(monitor: Monitor, since: float) -> float:
+    """Every joint at rest (by positions) within the watchdog period plus the braking time after
+    ``since``, and for the rest of what the monitor saw; returns the time to rest, s."""
+    t, q, _ = monitor.after(since - 0.2)
+    ends, speeds = _speeds_from_positions(t, q)
+    after = ends >= since
+    assert after.sum() > 20, "the monitor saw too little"
+    moving = np.flatnonzero(np.any(speeds[after] >= REST_SPEEDS, axis=1))
+    assert not moving.size or moving[-1] + 1 < after.sum(), "still moving at the end"
+    rest_at = ends[after][moving[-1] + 1] - since if moving.size else 0.0
+    bound = WATCHDOG_S + BRAKING_S + WINDOW_S + MARGIN_S
+    assert rest_at <= bound, f"at rest {rest_at:.3f} s after, allowed {bound:.3f} s"
+    return rest_at
+
+
+def test_a_collector_stalled_for_a_second_leaves_franky_sim_at_rest(tmp_path, franky_sim):
+    bridge_path, address, session_path = _configs(tmp_path, episode_steps=400, stop={"episodes": 1})
+    server = pandalab("bridge", "serve", "--config", bridge_path)
+    monitor = Monitor(address)
+    collector = None
+    try:
+        wait_for(lambda: monitor.samples, timeout_s=60)
+        collector = pandalab("collect", "--config", session_path)
+        wait_for(monitor.moving, timeout_s=90)
+        time.sleep(0.3)
+        stalled_at = time.monotonic()
+        collector.send_signal(signal.SIGSTOP)
+        time.sleep(1.0)
+        _assert_at_rest_in_time(monitor, stalled_at)
+        collector.send_signal(signal.SIGCONT)
+    finally:
+        if collector is not None:
+            collector.send_signal(signal.SIGCONT)
+            collector.kill()
+            collector.wait()
+        monitor.close()
+        log = _stop_process(server)
+    assert "watchdog: no valid command" in log, log[-2000:]
+
+
 def test_a_session_through_the_bridge_drives_franky_sim_and_a_kill_lets_the_watchdog_stop_it(tmp_path, franky_sim):
     bridge_path, address, session_path = _configs(tmp_path)
     server = pandalab("bridge", "serve", "--config", bridge_path)
@@ -150,13 +191,7 @@ def test_a_session_through_the_bridge_drives_franky_sim_and_a_kill_lets_the_watc
         finally:
             collector.kill()
             collector.wait()
-        t, q, _ = monitor.after(killed_at - 0.2)
-        ends, speeds = _speeds_from_positions(t, q)
-        after = ends >= killed_at
-        moving = np.flatnonzero(np.any(speeds[after] >= REST_SPEEDS, axis=1))
-        rest_at = ends[after][moving[-1] + 1] - killed_at if moving.size else 0.0
-        bound = WATCHDOG_S + BRAKING_S + WINDOW_S + MARGIN_S
-        assert rest_at <= bound, f"at rest {rest_at:.3f} s after the kill, allowed {bound:.3f} s"
+        _assert_at_rest_in_time(monitor, killed_at)
     finally:
         monitor.close()
         log = _stop_process(server)
