@@ -1,4 +1,4 @@
-"""d3rlpy-style tests of the offline algorithms (TD3+BC, BCQ, DrQ+BC, BC) and the shared networks:
+"""d3rlpy-style tests of the offline algorithms (TD3+BC, BCQ, DrQ+BC, IQL, BC) and the shared networks:
 a short fit on vector and image observations, save/load round trips, exact resume, learning sanity
 on tiny synthetic datasets, and refusal of wrong observation kinds and foreign checkpoints."""
 
@@ -24,9 +24,20 @@ SMALL = {  # small networks so the file runs in seconds on two cores
     "bcq": {"vae_hidden": [32, 32], "actor_hidden": [32, 32], "critic_hidden": [32, 32], "n_act_samples": 10},
     "bc": {"hidden_dims": [32, 32]},
     "drqbc": {"hidden_dim": 32, "encoder_channels": 8, "feature_dim": 16},
+    # one config for both kinds (vectors ignore the image fields); a short cosine schedule so that a
+    # resume that lost the actor's lr schedule shows in the parameters
+    "iql": {"hidden_dims": [32, 32], "encoder_channels": 8, "feature_dim": 16, "max_steps": 8},
 }
 SMALL_IMAGE_BC = {"hidden_dims": [32, 32], "encoder_channels": 8, "feature_dim": 16}
-CASES = [("td3bc", "vector"), ("bcq", "vector"), ("bc", "vector"), ("drqbc", "image"), ("bc", "image")]
+CASES = [
+    ("td3bc", "vector"),
+    ("bcq", "vector"),
+    ("bc", "vector"),
+    ("iql", "vector"),
+    ("drqbc", "image"),
+    ("bc", "image"),
+    ("iql", "image"),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +117,7 @@ def assert_same_state(a, b) -> None:
 
 
 def test_registry_names_and_defaults() -> None:
-    assert set(ALGORITHMS) == {"td3bc", "bcq", "drqbc", "bc"}
+    assert set(ALGORITHMS) == {"td3bc", "bcq", "drqbc", "iql", "bc"}
     td3 = make_config("td3bc")
     assert (td3.hidden_dims, td3.actor_lr, td3.batch_size, td3.tau, td3.alpha) == ((256, 256), 3e-4, 256, 0.005, 2.5)
     assert (td3.policy_noise, td3.noise_clip, td3.policy_freq) == (0.2, 0.5, 2)
@@ -121,6 +132,15 @@ def test_registry_names_and_defaults() -> None:
         0.01,
         0.3,
         2.5,
+    )
+    iql = make_config("iql")
+    assert (iql.expectile, iql.beta, iql.max_weight, iql.tau, iql.batch_size) == (0.7, 3.0, 100.0, 0.005, 256)
+    assert (iql.actor_lr, iql.critic_lr, iql.value_lr, iql.max_steps, iql.cosine_schedule) == (
+        3e-4,
+        3e-4,
+        3e-4,
+        1_000_000,
+        True,
     )
 
 
@@ -139,7 +159,7 @@ def test_wrong_observation_kind_refused(name: str, kind: str) -> None:
         make_algorithm(name, {}, spec(kind), ACTION_DIM)
 
 
-@pytest.mark.parametrize("name", ["drqbc", "bc"])
+@pytest.mark.parametrize("name", ["drqbc", "bc", "iql"])
 def test_non_square_images(name: str) -> None:
     shape = (6, 20, 28)  # two stacked frames, not square: DrQ-v2's own augmentation asserts h == w
     torch.manual_seed(0)
