@@ -35,7 +35,7 @@ class TrainConfig(StrictModel):
     obs: Literal["proprio", "proprio+object", "image"] = Field(
         "proprio", description="Observation: proprio (q, dq), proprio+object (+ cube pose, sim), image."
     )
-    algo: str = Field("td3bc", description="Algorithm: td3bc, bcq, drqbc, iql or bc.")
+    algo: str = Field("td3bc", description="Algorithm: td3bc, bcq, drqbc, iql, cql or bc.")
     algo_config: dict[str, Any] = Field(
         default_factory=dict, description="Overrides of the algorithm's config fields (e.g. hidden sizes)."
     )

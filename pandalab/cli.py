@@ -339,7 +339,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "--task", default="reach:0", help="reach:K, push, flip:COLOUR, push+flip:COLOUR (default reach:0)"
     )
     train.add_argument("--obs", default="proprio", choices=["proprio", "proprio+object", "image"])
-    train.add_argument("--algo", default="td3bc", help="td3bc (default), bcq, drqbc, iql or bc")
+    train.add_argument("--algo", default="td3bc", help="td3bc (default), bcq, drqbc, iql, cql or bc")
     train.add_argument(
         "--updates",
         type=int,

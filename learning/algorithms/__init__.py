@@ -1,4 +1,4 @@
-"""Offline algorithms by name: TD3+BC, BCQ, DrQ+BC, IQL and BC, all meeting the contract in base.py.
+"""Offline algorithms by name: TD3+BC, BCQ, DrQ+BC, IQL, CQL and BC, all meeting the contract in base.py.
 
 algo = make_algorithm("td3bc", {"batch_size": 128}, obs_spec, action_dim, device)
 algo = algorithm_from_state(torch.load(path), device)   # rebuild a checkpoint's algorithm
@@ -19,22 +19,32 @@ from learning.algorithms.base import (
 )
 from learning.algorithms.bc import BC, BCConfig
 from learning.algorithms.bcq import BCQ, BCQConfig
+from learning.algorithms.cql import CQL, CQLConfig
 from learning.algorithms.drqbc import DrQBC, DrQBCConfig
 from learning.algorithms.iql import IQL, IQLConfig
 from learning.algorithms.td3bc import TD3BC, TD3BCConfig
 
-ALGORITHMS: dict[str, type[Algorithm]] = {"td3bc": TD3BC, "bcq": BCQ, "drqbc": DrQBC, "iql": IQL, "bc": BC}
+ALGORITHMS: dict[str, type[Algorithm]] = {
+    "td3bc": TD3BC,
+    "bcq": BCQ,
+    "drqbc": DrQBC,
+    "iql": IQL,
+    "cql": CQL,
+    "bc": BC,
+}
 
 __all__ = [
     "ALGORITHMS",
     "BC",
     "BCQ",
+    "CQL",
     "IQL",
     "TD3BC",
     "Algorithm",
     "AlgorithmConfig",
     "BCConfig",
     "BCQConfig",
+    "CQLConfig",
     "DrQBC",
     "DrQBCConfig",
     "IQLConfig",

@@ -1,4 +1,4 @@
-"""d3rlpy-style tests of the offline algorithms (TD3+BC, BCQ, DrQ+BC, IQL, BC) and the shared networks:
+"""d3rlpy-style tests of the offline algorithms (TD3+BC, BCQ, DrQ+BC, IQL, CQL, BC) and the shared networks:
 a short fit on vector and image observations, save/load round trips, exact resume, learning sanity
 on tiny synthetic datasets, and refusal of wrong observation kinds and foreign checkpoints."""
 
@@ -27,6 +27,16 @@ SMALL = {  # small networks so the file runs in seconds on two cores
     # one config for both kinds (vectors ignore the image fields); a short cosine schedule so that a
     # resume that lost the actor's lr schedule shows in the parameters
     "iql": {"hidden_dims": [32, 32], "encoder_channels": 8, "feature_dim": 16, "max_steps": 8},
+    # a BC warm-up of 3 updates, so the short fit and the resume cross into the CQL actor loss;
+    # the Lagrange multiplier on, so its parameter and optimiser are in the resumed state
+    "cql": {
+        "hidden_dims": [32, 32],
+        "encoder_channels": 8,
+        "feature_dim": 16,
+        "cql_n_actions": 4,
+        "bc_steps": 3,
+        "cql_lagrange": True,
+    },
 }
 SMALL_IMAGE_BC = {"hidden_dims": [32, 32], "encoder_channels": 8, "feature_dim": 16}
 CASES = [
@@ -34,9 +44,11 @@ CASES = [
     ("bcq", "vector"),
     ("bc", "vector"),
     ("iql", "vector"),
+    ("cql", "vector"),
     ("drqbc", "image"),
     ("bc", "image"),
     ("iql", "image"),
+    ("cql", "image"),
 ]
 
 
@@ -117,7 +129,7 @@ def assert_same_state(a, b) -> None:
 
 
 def test_registry_names_and_defaults() -> None:
-    assert set(ALGORITHMS) == {"td3bc", "bcq", "drqbc", "iql", "bc"}
+    assert set(ALGORITHMS) == {"td3bc", "bcq", "drqbc", "iql", "cql", "bc"}
     td3 = make_config("td3bc")
     assert (td3.hidden_dims, td3.actor_lr, td3.batch_size, td3.tau, td3.alpha) == ((256, 256), 3e-4, 256, 0.005, 2.5)
     assert (td3.policy_noise, td3.noise_clip, td3.policy_freq) == (0.2, 0.5, 2)
@@ -142,6 +154,21 @@ def test_registry_names_and_defaults() -> None:
         1_000_000,
         True,
     )
+    cql = make_config("cql")  # None: per observation kind (CORL on vectors, DrQ+BC on images)
+    assert (cql.cql_alpha, cql.cql_n_actions, cql.cql_temp, cql.cql_importance_sample, cql.cql_lagrange) == (
+        10.0,
+        10,
+        1.0,
+        True,
+        False,
+    )
+    assert (cql.backup_entropy, cql.automatic_entropy_tuning, cql.bc_steps, cql.batch_size) == (False, True, 0, 256)
+    vec = make_algorithm("cql", {}, VECTOR, ACTION_DIM)
+    assert (vec.actor_lr, vec.critic_lr, vec.alpha_lr, vec.tau, vec.target_entropy) == (3e-5, 3e-4, 3e-5, 0.005, -2.0)
+    assert [m.out_features for m in vec.critic.q1_net if isinstance(m, torch.nn.Linear)] == [256, 256, 256, 1]
+    img = make_algorithm("cql", {}, ObservationSpec("image", (9, 84, 84)), ACTION_DIM)
+    assert (img.actor_lr, img.critic_lr, img.alpha_lr, img.tau) == (1e-4, 1e-4, 1e-4, 0.01)
+    assert [m.out_features for m in img.critic.q1_net if isinstance(m, torch.nn.Linear)] == [1024, 1024, 1]
 
 
 def test_unknown_algorithm_and_field_are_named() -> None:
@@ -159,7 +186,7 @@ def test_wrong_observation_kind_refused(name: str, kind: str) -> None:
         make_algorithm(name, {}, spec(kind), ACTION_DIM)
 
 
-@pytest.mark.parametrize("name", ["drqbc", "bc", "iql"])
+@pytest.mark.parametrize("name", ["drqbc", "bc", "iql", "cql"])
 def test_non_square_images(name: str) -> None:
     shape = (6, 20, 28)  # two stacked frames, not square: DrQ-v2's own augmentation asserts h == w
     torch.manual_seed(0)
