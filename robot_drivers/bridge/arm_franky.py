@@ -162,9 +162,9 @@ class FrankyArm(Arm):
     def tick(self, now: float) -> None:
         import franky
 
-        if self._robot is None or not self._moving:
+        if self._robot is None or self._fault is not None:
             return
-        try:
+        try:  # every tick (non-blocking): right after an asynchronous move the motion may not run yet
             self._moving = bool(self._robot.poll_motion())
         except franky.ControlException as error:  # a reflex or a refused motion: the robot stopped
             self._fault = " ".join(str(error).split())
