@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from collector.explorers import explorer_class
 from robot_drivers import ActionSpace, backend_names, driver_class
 from robot_drivers.addresses import check_zmq_address
+from robot_drivers.config_file import ConfigFileError, read_yaml_file
 from robot_drivers.registry import SIMULATED_BACKENDS
 from safety.limits import SafetyLimits
 from safety.reset import DEFAULT_HOME_Q as SAFETY_HOME_Q
@@ -234,10 +235,6 @@ class SessionConfig(_Strict):
         return self
 
 
-MAX_CONFIG_FILE_BYTES = 1 << 20
-"""Largest session config file read, bytes."""
-
-
 class ConfigError(ValueError):
     """A session config file that cannot be used; the message names every bad field."""
 
@@ -360,19 +357,10 @@ def _chunk_memory_problems(config: SessionConfig, data: dict[str, Any]) -> list[
 
 def load_session_config(path: str | pathlib.Path) -> SessionConfig:
     """Read and validate a YAML session config; `ConfigError` names the file and every bad field."""
-    path = pathlib.Path(path)
     try:
-        if path.stat().st_size > MAX_CONFIG_FILE_BYTES:
-            raise ConfigError(f"{path}: {path.stat().st_size} bytes; a session config is at most 1 MB")
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to be a session config") from None
+        data = read_yaml_file(path, "session config")
+    except ConfigFileError as error:
+        raise ConfigError(str(error)) from None
     return parse_session_config(data, source=str(path))
 
 

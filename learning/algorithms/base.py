@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nets import random_shift
 from safety.strict_model import StrictModel
 
 
@@ -169,3 +170,19 @@ def observation_spec_from_state(state: dict[str, Any]) -> ObservationSpec:
 
 def to_numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy()
+
+
+def encode_transition(
+    encoder: torch.nn.Module, batch: dict[str, torch.Tensor], augment_pad: int | None, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, h_next): the batch's observations encoded with the encoder's gradient and its next
+    observations without; with ``augment_pad`` (images) each is randomly shifted first,
+    independently (DrQ-v2's augmentation, drawn from ``generator``: obs first, then next_obs)."""
+    obs, next_obs = batch["obs"], batch["next_obs"]
+    if augment_pad is not None:
+        obs = random_shift(obs, augment_pad, generator)
+        next_obs = random_shift(next_obs, augment_pad, generator)
+    h = encoder(obs)
+    with torch.no_grad():
+        h_next = encoder(next_obs)
+    return h, h_next

@@ -86,8 +86,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from learning.algorithms.base import Algorithm, AlgorithmConfig, ObservationSpec
-from nets import DrQEncoder, Normalizer, TwinQ, frozen, mlp, orthogonal_init, random_shift, soft_update, trunk
+from learning.algorithms.base import Algorithm, AlgorithmConfig, ObservationSpec, encode_transition
+from nets import DrQEncoder, Normalizer, TwinQ, frozen, mlp, orthogonal_init, soft_update, trunk
 
 BC_ACTION_CLAMP = 1.0 - 1e-6
 """Dataset actions are clamped to +-this before their tanh-Gaussian log-density (atanh(1) is inf)."""
@@ -276,16 +276,9 @@ class CQL(Algorithm):
         self._image = image
 
     def _features(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(h, h_next): encoded observations (with the encoder's gradient, images) and next
-        observations (without); images are randomly shifted first, each independently."""
-        obs, next_obs = batch["obs"], batch["next_obs"]
-        if self._image:
-            obs = random_shift(obs, self.config.augment_pad, self.generator)
-            next_obs = random_shift(next_obs, self.config.augment_pad, self.generator)
-        h = self.encoder(obs)
-        with torch.no_grad():
-            h_next = self.encoder(next_obs)
-        return h, h_next
+        """(h, h_next): `encode_transition` of the batch (images shifted, each independently)."""
+        pad = self.config.augment_pad if self._image else None
+        return encode_transition(self.encoder, batch, pad, self.generator)
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         c, g, n = self.config, self.generator, self.config.cql_n_actions

@@ -152,9 +152,6 @@ class BridgeOptions(StrictModel):
         return cameras
 
 
-MAX_CONFIG_FILE_BYTES = 1 << 20
-
-
 class BridgeConfigError(ValueError):
     """A bridge config file that cannot be used; one ``FILE: FIELD: what`` line per problem."""
 
@@ -162,24 +159,16 @@ class BridgeConfigError(ValueError):
 def load_bridge_config(path: str | pathlib.Path) -> BridgeServerConfig:
     """Read and validate a bridge server config (YAML); `BridgeConfigError` names the file and every
     bad field."""
-    import yaml
     from pydantic import ValidationError
 
+    from robot_drivers.config_file import ConfigFileError, read_yaml_file
     from safety.strict_model import validation_problems
 
     path = pathlib.Path(path)
     try:
-        if path.stat().st_size > MAX_CONFIG_FILE_BYTES:
-            raise BridgeConfigError(f"{path}: larger than 1 MB; not a bridge config")
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except OSError as error:
-        raise BridgeConfigError(f"{path}: cannot read: {error.strerror}") from None
-    except UnicodeDecodeError as error:
-        raise BridgeConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    except yaml.YAMLError as error:
-        raise BridgeConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
-    except RecursionError:
-        raise BridgeConfigError(f"{path}: nested too deeply to be a bridge config") from None
+        data = read_yaml_file(path, "bridge config")
+    except ConfigFileError as error:
+        raise BridgeConfigError(str(error)) from None
     if not isinstance(data, dict):
         raise BridgeConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
     try:

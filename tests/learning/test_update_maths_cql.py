@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal
 
+import learning.algorithms.base as algorithm_base
 import learning.algorithms.cql as cql_module
 from learning.algorithms import ObservationSpec, algorithm_from_state, make_algorithm
 
@@ -474,7 +475,7 @@ def test_image_update_trains_the_encoder_by_the_critic_only(monkeypatch: pytest.
     p["critic_target"] = params_of(algo.critic_target)
     draws = replay_draws(algo.generator)
     shift = RecordingShift()
-    monkeypatch.setattr(cql_module, "random_shift", shift)
+    monkeypatch.setattr(algorithm_base, "random_shift", shift)
     out = algo.update(batch)
 
     assert [pad for _, pad, _ in shift.calls] == [4, 4], "one shift of obs and one of next_obs, pad 4"
@@ -523,7 +524,7 @@ def test_image_acting_uses_unaugmented_frames(monkeypatch: pytest.MonkeyPatch) -
     algo = build(IMAGE_CQL, spec=ObservationSpec("image", IMAGE_SHAPE))
     algo.update(image_batch())
     shift = RecordingShift()
-    monkeypatch.setattr(cql_module, "random_shift", shift)
+    monkeypatch.setattr(algorithm_base, "random_shift", shift)
     obs = image_batch()["next_obs"]
     mu, _ = policy(params_of(algo.actor), drq_encoder(params_of(algo.encoder), obs), -20.0, 2.0)
     torch.testing.assert_close(algo.act(obs), torch.tanh(mu), **TOL)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal
 
+import learning.algorithms.base as algorithm_base
 import learning.algorithms.iql as iql_module
 from learning.algorithms import ObservationSpec, algorithm_from_state, make_algorithm
 
@@ -341,7 +342,7 @@ def test_image_update_trains_the_encoder_by_the_critic_only(monkeypatch: pytest.
     actor0, critic0 = params_of(algo.actor, True), params_of(algo.critic, True)
     critic_t0 = params_of(algo.critic_target)
     shift = RecordingShift()
-    monkeypatch.setattr(iql_module, "random_shift", shift)
+    monkeypatch.setattr(algorithm_base, "random_shift", shift)
     out = algo.update(batch)
 
     assert [pad for _, pad, _ in shift.calls] == [4, 4], "one shift of obs and one of next_obs, pad 4"
@@ -406,7 +407,7 @@ def test_image_acting_uses_unaugmented_frames(monkeypatch: pytest.MonkeyPatch) -
     algo = build(spec=ObservationSpec("image", IMAGE_SHAPE), config=IMAGE_IQL)
     algo.update(image_batch())
     shift = RecordingShift()
-    monkeypatch.setattr(iql_module, "random_shift", shift)
+    monkeypatch.setattr(algorithm_base, "random_shift", shift)
     obs = image_batch()["next_obs"]
     expected = policy_mean(params_of(algo.actor), drq_encoder(params_of(algo.encoder), obs)).clamp(-1, 1)
     torch.testing.assert_close(algo.act(obs), expected, **TOL)
