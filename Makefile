@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FRANKY_SIM_VENV := .venv-franky-sim
 FRANKY_SIM_STAMP := $(FRANKY_SIM_VENV)/.installed
-DEB_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libosmesa6
+DEB_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libosmesa6 libusb-1.0-0
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
