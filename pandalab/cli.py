@@ -274,7 +274,7 @@ def _run_ctl(args: argparse.Namespace) -> int:
 
 
 def _add_data(subparsers: argparse._SubParsersAction) -> None:
-    data = subparsers.add_parser("data", help="summarise, check, render and plot recorded sessions")
+    data = subparsers.add_parser("data", help="summarise, check, render, plot and export recorded sessions")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     info = data_sub.add_parser("info", help="sessions, episodes, recorded steps, outcomes, size, damage")
     info.add_argument("paths", nargs="+", help="session directories or data roots")
@@ -290,10 +290,37 @@ def _add_data(subparsers: argparse._SubParsersAction) -> None:
     coverage = data_sub.add_parser("coverage", help="PNG of tool-tip and cube positions (seed 003 Fig. 5)")
     coverage.add_argument("paths", nargs="+", help="session directories or data roots")
     coverage.add_argument("--out", default="coverage.png", help="PNG to write (default coverage.png)")
+    export = data_sub.add_parser(
+        "export",
+        help="write a session in another format: rosbag2 (ROS 2 bag, MCAP or SQLite 3)",
+        description="Write one session's episodes in another tool's format. rosbag2: joint states, commands, "
+        "tool tip and camera images as standard ROS 2 messages stamped with the recorded times "
+        "(pandalab/exports/rosbag2.py lists the topics). A damaged episode is skipped with a warning; "
+        "an existing output is never overwritten.",
+    )
+    export.add_argument("session", help="session directory")
+    from pandalab.exports import EXPORTS  # the registry only: each format's module loads when it runs
+
+    export.add_argument("--to", required=True, help=f"format: {', '.join(EXPORTS)}")
+    export.add_argument("--storage", help="rosbag2 storage: mcap (default) or sqlite3")
+    export.add_argument("--out", help="output path (default: <session>/../<session name>.<format>)")
     data.set_defaults(handler=_run_data)
 
 
 def _run_data(args: argparse.Namespace) -> int:
+    if args.data_command == "export":  # before pandalab.data: an export loads only its own format
+        from pandalab.exports import ExportError, export_session
+
+        options = {"storage": args.storage} if args.storage is not None else {}
+        try:
+            result = export_session(
+                args.session, args.to, args.out, warn=lambda line: print(f"warning: {line}", file=sys.stderr), **options
+            )
+        except ExportError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(result.summary())
+        return 0
     from pandalab import data as datatools
 
     try:

@@ -36,7 +36,9 @@ class SimArm(Arm):
     options_class = SimConfig
     simulated = True
 
-    def __init__(self, options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, options: dict[str, Any] | None = None, *, robot_model: str = "panda", limits: Any = None
+    ) -> None:
         options = dict(options or {})
         owned = {"action_space", "control_rate_hz"} & set(options)
         if owned:

@@ -22,12 +22,19 @@ from robot_drivers.types import RobotState
 ARM_BACKENDS: dict[str, str] = {
     "sim": "sim.bridge_arm:SimArm",
     "franky": "robot_drivers.bridge.arm_franky:FrankyArm",
+    "ros2": "robot_drivers.bridge.arm_ros2:Ros2Arm",
 }
 """Arm backend name -> ``module:ClassName``."""
 
 
 class Arm(abc.ABC):
-    """One arm behind the bridge server.  Every failure raises `DriverFault`."""
+    """One arm behind the bridge server.  Every failure raises `DriverFault`.
+
+    Constructed as ``Arm(options, robot_model=..., limits=...)`` (`create_arm`): the backend's options
+    (a dict, validated by `options_class`), the server's robot model (``panda`` or ``fr3``) and the
+    safety limits its filter enforces (an arm that shapes its own motion, as ``ros2`` does, keeps
+    within their operating accelerations and jerks).
+    """
 
     options_class: type
     """The backend's options model (pydantic), validated before anything connects."""
@@ -81,6 +88,11 @@ class Arm(abc.ABC):
 
 def arm_names() -> list[str]:
     return sorted(ARM_BACKENDS)
+
+
+def create_arm(config: Any) -> Arm:
+    """The arm a `BridgeServerConfig` names, not yet connected."""
+    return arm_class(config.arm)(config.options, robot_model=config.robot_model, limits=config.safety)
 
 
 def arm_class(name: str) -> type[Arm]:

@@ -87,7 +87,7 @@ class FrankyArm(Arm):
     options_class = FrankyOptions
     tick_s = 0.005
 
-    def __init__(self, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, options: dict[str, Any] | None = None, *, robot_model: str = "fr3", limits: Any = None) -> None:
         self.options = FrankyOptions(**(options or {}))
         self._robot: Any = None
         self._gripper: Any = None
