@@ -92,6 +92,8 @@ class Float64MultiArray(IdlStruct, typename="std_msgs::msg::dds_::Float64MultiAr
 
 
 ROS_TYPE_NAMES = {
+    MultiArrayDimension: "std_msgs/msg/MultiArrayDimension",
+    MultiArrayLayout: "std_msgs/msg/MultiArrayLayout",
     JointState: "sensor_msgs/msg/JointState",
     Float64MultiArray: "std_msgs/msg/Float64MultiArray",
     Header: "std_msgs/msg/Header",
