@@ -9,7 +9,7 @@ robot PC's graph does for the ``ros2`` arm:
   applies each message as it comes and **holds it** (no timeout);
 - integrates the commanded velocities into joint positions at ``--rate`` Hz (1 kHz, franka_ros2's
   controller-manager rate) and publishes sensor_msgs/JointState on ``--joint-states`` with the arm's
-  joints **out of order** and the two finger joints merged in (as ``/joint_states`` does), so a
+  joints **out of order** and the two finger joints merged in (as the merged ``/joint_states`` does), so a
   reader that maps by order instead of by name reads the wrong joints;
 - stops like a reflex when a joint leaves the robot model's position range, or on SIGUSR1: velocities
   zero, commands ignored until SIGUSR2 (what franka_ros2's ErrorRecovery action does).
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="", help="prepended to every joint name (a namespaced bringup)")
     parser.add_argument("--domain-id", type=int, default=0)
     parser.add_argument("--loopback", action="store_true", help="Cyclone on 127.0.0.1 only, multicast off")
-    parser.add_argument("--joint-states", default="/joint_states")
+    parser.add_argument("--joint-states", default="/franka/joint_states")
     parser.add_argument("--controller", default="joint_velocity_controller")
     parser.add_argument("--rate", type=float, default=1000.0, help="integration and publishing rate, Hz")
     parser.add_argument("--home", type=float, nargs=7, default=HOME, help="start pose, rad")

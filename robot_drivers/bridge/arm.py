@@ -81,6 +81,11 @@ class Arm(abc.ABC):
         """Start an episode at ``home`` (rad): a simulator puts the arm and the cube back; a real arm
         must already stand there (the collector's planned reset brought it)."""
 
+    def link_alive(self) -> bool:
+        """Whether the arm's own link answers now (a ``ros2`` arm: joint states arriving), for a
+        collector waiting on a lost link; True for arms the server talks to in process."""
+        return True
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the arm, brakes engaged where the robot has them.  Idempotent."""

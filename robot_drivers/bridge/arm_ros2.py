@@ -1,7 +1,8 @@
 """The bridge's ``ros2`` arm: a Franka (FR3 or Panda) run by franka_ros2 + ros2_control on the robot PC.
 
 What the robot PC loads (``launch/franka_ros2_fr3.launch.py``): franka_ros2's bringup, a ros2_controllers
-``velocity_controllers/JointGroupVelocityController`` named ``controller`` over the seven arm joints,
+``velocity_controllers/JointGroupVelocityController`` (``joint_velocity_controller``, the ``controller``
+option) over the seven arm joints,
 and rmw_cyclonedds as the middleware.  This arm talks to that graph over Cyclone DDS on ROS 2's wire
 conventions (`robot_drivers.bridge.ros2_wire`; no rclpy needed):
 
@@ -57,7 +58,7 @@ HEARTBEAT_S = 0.1
 RECOVERY_COMMAND = "ros2 action send_goal {action} franka_msgs/action/ErrorRecovery {{}}"
 """What the operator runs on the robot PC to clear a reflex when rclpy is not importable here."""
 DEFAULT_CONTROLLER = "joint_velocity_controller"
-"""The JointGroupVelocityController's name in launch/franka_ros2_controllers.yaml."""
+"""The JointGroupVelocityController's name in launch/franka_ros2_controllers_{fr3,panda}.yaml."""
 
 
 class Ros2Options(StrictModel):
@@ -66,7 +67,11 @@ class Ros2Options(StrictModel):
     dds: CycloneOptions = Field(
         CycloneOptions(), description="How to join the ROS 2 graph (domain id, interface, peers): Cyclone DDS."
     )
-    joint_states_topic: str = Field("/joint_states", description="The sensor_msgs/JointState topic to read.")
+    joint_states_topic: str = Field(
+        "/franka/joint_states",
+        description="The sensor_msgs/JointState topic to read: franka_ros2's own (the arm's joints at the controller "
+        "rate, 1 kHz); /joint_states is a merge with the gripper's at 30 Hz by default.",
+    )
     controller: str = Field(
         DEFAULT_CONTROLLER,
         description="Name of the JointGroupVelocityController on the robot PC; commands go to /<controller>/commands.",
@@ -322,6 +327,9 @@ class Ros2Arm(Arm):
         self._published_at = now
 
     # ---- the Arm interface ----------------------------------------------------------------------
+    def link_alive(self) -> bool:
+        return time.monotonic() - self._state_at <= self.options.state_timeout_ms / 1000.0
+
     def state(self, images: bool = False) -> RobotState:
         q = self._q if np.all(np.isfinite(self._q)) else np.zeros(NUM_JOINTS)
         return RobotState(

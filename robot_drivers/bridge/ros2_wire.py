@@ -206,11 +206,16 @@ class Ros2Graph:
     is wanted)."""
 
     def __init__(self, options: CycloneOptions) -> None:
-        from cyclonedds.domain import Domain, DomainParticipant
+        from cyclonedds.domain import DomainParticipant
 
         self.options = options
-        self._domain = Domain(options.domain_id, options.xml())
-        self.participant = DomainParticipant(options.domain_id)
+        self._domain_id = options.domain_id
+        _acquire_domain(options.domain_id, options.xml())
+        try:
+            self.participant = DomainParticipant(options.domain_id)
+        except Exception:
+            _release_domain(options.domain_id)
+            raise
 
     def reader(self, ros_topic: str, message_type: type, depth: int = 1, reliable: bool = False):
         """A reader of ``ros_topic``; ``reliable`` (a recorder that wants every sample, with ``depth``
@@ -245,7 +250,32 @@ class Ros2Graph:
         participant, self.participant = self.participant, None
         if participant is not None:
             del participant
-        self._domain = None
+            _release_domain(self._domain_id)
+
+
+_domains: dict[int, list] = {}
+"""Cyclone domains configured in this process: id -> [Domain, its XML, participants using it].  Cyclone
+configures a domain once per process; participants on the same domain share it."""
+
+
+def _acquire_domain(domain_id: int, xml_config: str) -> None:
+    from cyclonedds.domain import Domain
+
+    entry = _domains.get(domain_id)
+    if entry is None:
+        _domains[domain_id] = [Domain(domain_id, xml_config), xml_config, 1]
+    elif entry[1] != xml_config:
+        raise ValueError(f"ROS domain {domain_id} is already joined with other Cyclone settings in this process")
+    else:
+        entry[2] += 1
+
+
+def _release_domain(domain_id: int) -> None:
+    entry = _domains.get(domain_id)
+    if entry is not None:
+        entry[2] -= 1
+        if entry[2] <= 0:
+            del _domains[domain_id]
 
 
 def newest_valid(reader) -> object | None:

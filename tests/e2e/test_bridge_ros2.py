@@ -3,7 +3,7 @@ stand-in for a franka_ros2 robot PC, in separate processes.
 
 The stand-in (tools/franka_ros2_standin.py) is a FAKE ROBOT, not franka_ros2: no ROS 2 graph can run
 here (rclpy and franka_ros2 are not installable).  It speaks the same DDS as rmw_cyclonedds
-(``rt/joint_states``, ``rt/joint_velocity_controller/commands``, ROS 2's type names, CDR), integrates
+(``rt/franka/joint_states``, ``rt/joint_velocity_controller/commands``, ROS 2's type names, CDR), integrates
 the commanded joint velocities at 1 kHz, holds the last command as a JointGroupVelocityController
 does, lists the joints out of order with the fingers merged in, and stops like a reflex on SIGUSR1
 (until SIGUSR2, what franka_ros2's ErrorRecovery action would do).  What each test measures comes
@@ -69,13 +69,14 @@ def _kill(process: subprocess.Popen) -> None:
 
 
 class Recorder:
-    """A third DDS participant: every command the bridge publishes and the joint states the stand-in
-    publishes, with the time each arrived here (monotonic, s)."""
+    """A third DDS participant: every command the bridge publishes, with the time the bridge wrote it
+    (the DDS source time stamp, wall clock, s), and the joint states the stand-in publishes, with the
+    time each arrived here (monotonic, s)."""
 
     def __init__(self, domain_id: int) -> None:
         self.graph = Ros2Graph(loopback_options(domain_id))
         self._commands = self.graph.reader(COMMANDS, Float64MultiArray, depth=5000, reliable=True)
-        self._states = self.graph.reader("/joint_states", JointState)
+        self._states = self.graph.reader("/franka/joint_states", JointState)
         self.commands: list[tuple[float, np.ndarray]] = []
         self.states: list[tuple[float, np.ndarray, np.ndarray]] = []
         self._stop = threading.Event()
@@ -88,7 +89,7 @@ class Recorder:
             now = time.monotonic()
             for sample in self._commands.take(N=5000):
                 if isinstance(sample, Float64MultiArray):
-                    self.commands.append((now, np.array(sample.data)))
+                    self.commands.append((sample.sample_info.source_timestamp / 1e9, np.array(sample.data)))
             for sample in self._states.take(N=100):
                 if isinstance(sample, JointState):
                     by_name = dict(zip(sample.name, zip(sample.position, sample.velocity, strict=True), strict=True))
@@ -103,6 +104,13 @@ class Recorder:
 
     def moving(self) -> bool:
         return bool(self.states) and float(np.max(np.abs(self.states[-1][2]))) > 0.1
+
+    def commanding_motion(self) -> bool:
+        """The bridge's newest command asks for motion and was written in the last 20 ms."""
+        if not self.commands:
+            return False
+        written, command = self.commands[-1]
+        return time.time() - written < 0.02 and bool(np.any(np.abs(command) > 0.05))
 
     def close(self) -> None:
         self._stop.set()
@@ -194,7 +202,8 @@ def test_a_session_through_ros2_records_episodes_and_a_killed_collector_ramps_th
         try:
             wait_for(recorder.moving, timeout_s=90)
             time.sleep(0.3)
-            killed_at = time.monotonic()
+            wait_for(recorder.commanding_motion, timeout_s=30, interval_s=0.001)
+            killed_at = time.time()
             collector.kill()
             time.sleep(1.0)
         finally:
@@ -216,18 +225,19 @@ def test_a_session_through_ros2_records_episodes_and_a_killed_collector_ramps_th
     assert "watchdog: no valid command" in log, log[-2000:]
 
 
-def test_killing_the_robot_side_is_a_fault_with_its_reason_and_the_bridge_stops_commanding(tmp_path):
+def test_killing_the_robot_side_is_a_fault_the_bridge_stops_commanding_and_the_collector_waits_for_it(tmp_path):
     domain_id = _domain_id()
     standin = _start_standin(domain_id)
     recorder = Recorder(domain_id)
-    bridge_path, _, session_path = _configs(tmp_path, domain_id, episode_steps=2000, stop={"episodes": 1})
+    bridge_path, _, session_path = _configs(tmp_path, domain_id, episode_steps=60, stop={"episodes": 3})
     server = pandalab("bridge", "serve", "--config", bridge_path)
     collector = None
     try:
         collector = pandalab("collect", "--config", session_path)
         wait_for(recorder.moving, timeout_s=90)
         time.sleep(0.3)
-        killed_at = time.monotonic()
+        wait_for(recorder.commanding_motion, timeout_s=30, interval_s=0.001)
+        killed_at = time.time()
         standin.kill()
         standin.wait()
         time.sleep(2.0)
@@ -245,15 +255,25 @@ def test_killing_the_robot_side_is_a_fault_with_its_reason_and_the_bridge_stops_
         events = (tmp_path / "data" / "ros2" / "events.jsonl").read_text()
         faults = [json.loads(line) for line in events.splitlines() if '"driver_fault"' in line]
         assert faults and faults[0]["reason"] == FaultReason.connection_lost.value, events[-2000:]
-        assert "no joint state on /joint_states" in faults[0]["message"]
+        assert "no joint state on /franka/joint_states" in faults[0]["message"]
         assert collector.poll() is None, "the collector died"
+        # It waits for the robot (a link hold: not counted as a loss while joint states are absent)...
+        time.sleep(3.0)
+        events = (tmp_path / "data" / "ros2" / "events.jsonl").read_text()
+        assert events.count('"driver_fault"') <= 2, events[-3000:]
+        # ...and goes on once franka_ros2 is back: the session finishes with complete episodes.
+        standin = _start_standin(domain_id)
+        assert collector.wait(timeout=120) == 0
+        outcomes = [e.outcome for e in read_manifest(tmp_path / "data" / "ros2")]
+        assert outcomes.count("complete") == 3 and set(outcomes) <= {"complete", "fault"}, outcomes
+        assert verify_session(tmp_path / "data" / "ros2").clean
     finally:
         if collector is not None:
             _kill(collector)
         recorder.close()
         log = _stop_process(server)
         _kill(standin)
-    assert "connection_lost: no joint state on /joint_states" in log, log[-2000:]
+    assert "connection_lost: no joint state on /franka/joint_states" in log, log[-2000:]
 
 
 @pytest.fixture
@@ -323,7 +343,7 @@ def test_the_arm_maps_joints_by_name_and_a_missing_robot_or_controller_is_a_clea
         Ros2Arm({"dds": dds, "connect_timeout_s": 1.5}, robot_model="fr3").connect()
     assert time.monotonic() - started < 5.0
     assert nobody.value.reason is FaultReason.not_connected
-    assert "no sensor_msgs/JointState" in nobody.value.message and "/joint_states" in nobody.value.message
+    assert "no sensor_msgs/JointState" in nobody.value.message and "/franka/joint_states" in nobody.value.message
     standin = _start_standin(
         domain_id, "--prefix", "left_", "--home", "0.1", "-0.2", "0.3", "-2.0", "0.5", "1.6", "0.7"
     )
