@@ -6,7 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FRANKY_SIM_VENV := .venv-franky-sim
 FRANKY_SIM_STAMP := $(FRANKY_SIM_VENV)/.installed
-DEB_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libosmesa6 libusb-1.0-0
+STANDIN_C_DIR := tools/franka_ros2_standin_c
+STANDIN_C := $(STANDIN_C_DIR)/build/standin
+# Headless rendering (EGL / OSMesa), RealSense's libusb, and Cyclone DDS 0.10 with its IDL compiler and a
+# C compiler for the C franka_ros2 stand-in (ROS 2 Humble and Jazzy's Cyclone line).
+DEB_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libosmesa6 libusb-1.0-0 \
+	cyclonedds-dev cyclonedds-tools gcc libc6-dev
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
@@ -31,17 +36,24 @@ $(FRANKY_SIM_STAMP): tools/franky-sim-requirements.txt
 	$(FRANKY_SIM_VENV)/bin/pip install -q --disable-pip-version-check -r tools/franky-sim-requirements.txt
 	@touch $(FRANKY_SIM_STAMP)
 
-# Headless rendering (MuJoCo through EGL / OSMesa on Mesa's CPU rasteriser).
+# The franka_ros2 stand-in in C on Debian's Cyclone DDS 0.10 (tests/e2e/test_bridge_ros2.py runs it
+# against the ros2 arm on PyPI's Cyclone 11: the two versions interoperate on ROS 2's wire format).
+$(STANDIN_C): $(STANDIN_C_DIR)/standin.c $(STANDIN_C_DIR)/ros2_messages.idl | sysdeps
+	@mkdir -p $(STANDIN_C_DIR)/build
+	cd $(STANDIN_C_DIR)/build && idlc ../ros2_messages.idl && \
+	  gcc -O2 -Wall -Wextra -o standin ../standin.c ros2_messages.c -I. -lddsc -lm
+
+# Debian packages (see DEB_PACKAGES).
 sysdeps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian packages for headless rendering:$$missing"; \
+	    echo "installing Debian packages for $$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	  else \
-	    echo "Missing Debian packages for headless rendering:$$missing"; \
+	    echo "Missing Debian packages for $$missing"; \
 	    echo "Run:  sudo apt-get install -y$$missing"; exit 1; \
 	  fi; \
 	fi
@@ -54,7 +66,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint $(FRANKY_SIM_STAMP)
+test: lint $(FRANKY_SIM_STAMP) $(STANDIN_C)
 	$(BIN)/python -m pytest -q
 
 # Collect in simulation with the real daemon, train TD3+BC and BC on reach:0, evaluate, print the table.
@@ -67,4 +79,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/sim_throughput.py
 
 clean:
-	rm -rf $(VENV) $(FRANKY_SIM_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FRANKY_SIM_VENV) $(STANDIN_C_DIR)/build .pytest_cache .ruff_cache

@@ -8,6 +8,9 @@ the commanded joint velocities at 1 kHz, holds the last command as a JointGroupV
 does, lists the joints out of order with the fingers merged in, and stops like a reflex on SIGUSR1
 (until SIGUSR2, what franka_ros2's ErrorRecovery action would do).  What each test measures comes
 from what the stand-in receives and publishes over DDS, observed by a third participant here.
+The session test runs against the Python stand-in (PyPI's Cyclone 11, the bridge's) and its C twin
+(tools/franka_ros2_standin_c, Debian's Cyclone 0.10 as ROS 2 Humble and Jazzy ship): the versions
+interoperate on ROS 2's wire format.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from tests.e2e.conftest import REPO, pandalab, wait_for
 from tests.e2e.test_bridge import _stop_process
 
 STANDIN = REPO / "tools" / "franka_ros2_standin.py"
+STANDIN_C = REPO / "tools" / "franka_ros2_standin_c" / "build" / "standin"
+"""The stand-in in C on Debian's Cyclone DDS 0.10 (ROS 2 Humble and Jazzy's line), built by `make test`."""
 COMMANDS = "/joint_velocity_controller/commands"
 WATCHDOG_S = 0.1
 FR3_LIMITS = SafetyLimits(**limits_fields("fr3", {"velocity_cap": 0.5}))
@@ -48,10 +53,19 @@ def _domain_id() -> int:
     return 100 + (os.getpid() * 13 + next(_domains)) % 130
 
 
-def _start_standin(domain_id: int, *extra: str) -> subprocess.Popen:
+def _start_standin(domain_id: int, *extra: str, kind: str = "python") -> subprocess.Popen:
+    """The Python stand-in (PyPI's Cyclone 11, as the bridge) or, ``kind="c"``, the C one (Debian's
+    Cyclone 0.10): the same fake robot, so every test may run against either."""
+    if kind == "c":
+        command = [str(STANDIN_C), str(domain_id), "fr3"]
+        env = {**os.environ, "CYCLONEDDS_URI": loopback_options(domain_id).xml()}
+    else:
+        command = [sys.executable, str(STANDIN), "--robot-model", "fr3", "--domain-id", str(domain_id), "--loopback"]
+        env = None
     process = subprocess.Popen(
-        [sys.executable, str(STANDIN), "--robot-model", "fr3", "--domain-id", str(domain_id), "--loopback", *extra],
+        [*command, *extra],
         cwd=REPO,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -162,9 +176,21 @@ def _assert_within_limits(times: np.ndarray, commands: np.ndarray) -> None:
     assert np.all(np.abs(commands) <= 0.5 + 1e-9), "a command above the velocity cap"
 
 
-def test_a_session_through_ros2_records_episodes_and_a_killed_collector_ramps_the_commands_to_zero(tmp_path):
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "python",
+        pytest.param(
+            "c",
+            marks=pytest.mark.skipif(
+                not STANDIN_C.exists(), reason="the C stand-in is not built: `make test` builds it (Cyclone 0.10)"
+            ),
+        ),
+    ],
+)
+def test_a_session_through_ros2_records_episodes_and_a_killed_collector_ramps_the_commands_to_zero(tmp_path, kind):
     domain_id = _domain_id()
-    standin = _start_standin(domain_id)
+    standin = _start_standin(domain_id, kind=kind)
     recorder = Recorder(domain_id)
     bridge_path, _, session_path = _configs(tmp_path, domain_id)
     server = pandalab("bridge", "serve", "--config", bridge_path)
