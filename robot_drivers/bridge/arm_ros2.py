@@ -344,7 +344,7 @@ class Ros2Arm(Arm):
 
     def set_velocity_target(self, joint_velocity: np.ndarray) -> None:
         target = np.array(joint_velocity, dtype=np.float64).reshape(NUM_JOINTS)
-        if self._fault is not None:
+        if self._fault is not None or not np.all(np.isfinite(target)):  # (the server refuses non-finite ones)
             target = np.zeros(NUM_JOINTS)  # stopped by a fault: nothing moves before `recover`
         self._profile.retarget(target, time.monotonic())
 
