@@ -10,7 +10,12 @@
   simulator in process, both paced in real time: steps/s from the episodes' recorded loop periods
   and the p99 error of the period (aim: >= 0.95x the in-process rate, p99 error < 1 ms);
 - **franky-sim's loop rate**: simulated robot time per second of wall time, read through franky
-  (only where .venv-franky-sim exists: `make test` builds it).
+  (only where .venv-franky-sim exists: `make test` builds it);
+- **the ros2 arm** against the franka_ros2 stand-in (tools/franka_ros2_standin.py, a fake robot;
+  Cyclone DDS on loopback): the state round trip through the bridge, and what the bridge publishes
+  to the velocity controller while a 20 Hz client drives it (commands per second against
+  `publish_rate_hz`, the p99 gap between two), next to a bare Cyclone echo between two
+  participants (the transport's floor).
 
     .venv/bin/python benchmarks/bridge_latency.py [--samples 2000] [--steps 200]
 """
@@ -180,6 +185,122 @@ def _franky_sim_rate() -> float | None:
         process.wait(timeout=20)
 
 
+def _cyclone_echo_floor(samples: int, domain_id: int) -> tuple[float, float]:
+    """A bare Cyclone DDS ping -> echo -> pong between two participants of this process (threads)."""
+    import threading
+
+    from robot_drivers.bridge.ros2_wire import Float64MultiArray, Ros2Graph, loopback_options, newest_valid
+
+    here, there = Ros2Graph(loopback_options(domain_id)), Ros2Graph(loopback_options(domain_id))
+    ping_out, pong_in = here.writer("/ping", Float64MultiArray), here.reader("/pong", Float64MultiArray, 8, True)
+    ping_in, pong_out = there.reader("/ping", Float64MultiArray, 8, True), there.writer("/pong", Float64MultiArray)
+    stop = threading.Event()
+
+    def echo() -> None:
+        while not stop.is_set():
+            sample = newest_valid(ping_in)
+            if sample is not None:
+                pong_out.write(sample)
+
+    thread = threading.Thread(target=echo, daemon=True)
+    thread.start()
+    time.sleep(1.0)  # discovery
+    trips = []
+    for i in range(samples):
+        t0 = time.perf_counter()
+        ping_out.write(Float64MultiArray(data=[float(i)] * 7))
+        while True:
+            sample = newest_valid(pong_in)
+            if sample is not None and sample.data[0] == float(i):
+                break
+        trips.append(time.perf_counter() - t0)
+    stop.set()
+    thread.join(timeout=5)
+    here.close()
+    there.close()
+    return _ms(trips)
+
+
+def _ros2(folder: Path, samples: int) -> dict:
+    """The ros2 arm against the stand-in: state round trips, and the command stream it publishes."""
+    import threading
+
+    from robot_drivers import ActionSpace, Command
+    from robot_drivers.bridge.client import BridgeDriver
+    from robot_drivers.bridge.ros2_wire import Float64MultiArray, Ros2Graph, loopback_options
+
+    domain_id = 150 + os.getpid() % 80
+    dds = loopback_options(domain_id)
+    standin = subprocess.Popen(
+        [sys.executable, "tools/franka_ros2_standin.py", "--domain-id", str(domain_id), "--loopback"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    standin.stdout.readline()
+    address = f"ipc://{folder}/bridge_ros2"
+    config = folder / "bridge_ros2.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"address": address, "arm": "ros2", "robot_model": "fr3", "options": {"dds": dds.model_dump(mode="json")}}
+        )
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pandalab", "bridge", "serve", "--config", str(config)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    graph = Ros2Graph(dds)
+    commands = graph.reader("/joint_velocity_controller/commands", Float64MultiArray, depth=20000, reliable=True)
+    stamps: list[float] = []
+    stop = threading.Event()
+
+    def record() -> None:
+        while not stop.is_set():
+            for sample in commands.take(N=20000):
+                if isinstance(sample, Float64MultiArray):
+                    stamps.append(sample.sample_info.source_timestamp / 1e9)
+            time.sleep(0.005)
+
+    recorder = threading.Thread(target=record, daemon=True)
+    recorder.start()
+    driver = BridgeDriver({"server": address, "connect_timeout_s": 30})
+    try:
+        driver.connect()
+        reads = []
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            driver.read_state()
+            reads.append(time.perf_counter() - t0)
+        period, deadline = 1.0 / driver.control_rate_hz, time.monotonic()
+        started = time.time()
+        for step in range(60):  # 3 s of a slow back-and-forth on joint 1
+            velocity = 0.1 if (step // 20) % 2 == 0 else -0.1
+            driver.send(Command(ActionSpace.joint_velocity, np.array([velocity, 0, 0, 0, 0, 0, 0])))
+            deadline += period
+            time.sleep(max(0.0, deadline - time.monotonic()))
+        ended = time.time()
+        driver.stop()
+    finally:
+        driver.close()
+        stop.set()
+        recorder.join(timeout=5)
+        graph.close()
+        server.terminate()
+        server.wait(timeout=30)
+        standin.terminate()
+        standin.wait(timeout=30)
+    during = np.array([t for t in stamps if started + 0.2 <= t <= ended])
+    gaps = np.diff(during)
+    return {
+        "state": _ms(reads),
+        "rate": len(during) / (during[-1] - during[0]) if len(during) > 1 else 0.0,
+        "gap_p99_ms": 1000.0 * float(np.percentile(gaps, 99)) if len(gaps) else float("nan"),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=2000, help="requests timed per round trip (default 2000)")
@@ -199,6 +320,8 @@ def main() -> int:
             server.terminate()
             server.wait(timeout=30)
         direct = _collect(folder, {"backend": "pybullet", "options": {"cameras": []}}, args.steps, "direct")
+        ros2 = _ros2(folder, min(args.samples, 1000))
+    cyclone_floor = _cyclone_echo_floor(min(args.samples, 1000), 140 + os.getpid() % 8)
     franky_rate = _franky_sim_rate()
 
     table = Table(title="bridge on loopback (2-core machine)")
@@ -223,6 +346,10 @@ def main() -> int:
         "-" if franky_rate is None else f"{franky_rate:.3f}",
         "1.000 (a real arm: 1 kHz)",
     )
+    cyclone = f"Cyclone echo {pair(cyclone_floor, 3)}"
+    table.add_row("ros2 arm: state round trip through the bridge, ms", pair(ros2["state"]), cyclone)
+    table.add_row("ros2 arm: commands published per s while driven", f"{ros2['rate']:.0f}", "1000 (publish_rate_hz)")
+    table.add_row("ros2 arm: p99 gap between two published commands, ms", f"{ros2['gap_p99_ms']:.2f}", "1.00")
     Console().print(table)
     return 0
 

@@ -62,6 +62,12 @@ def render_status(status: dict[str, Any]) -> Table:
     table.add_row("rate", f"{status['step_rate_hz']:.1f} steps/s   ETA {_format_duration(eta_seconds(status))}")
     table.add_row("safety", f"{status.get('interventions', 0)} filter interventions this episode")
     table.add_row("last incident", _event_text(status.get("last_incident")))
+    drops, ages = status.get("camera_drops") or {}, status.get("camera_age_s") or {}
+    if drops:  # frames older than two control periods at their step, this episode (collector/frame_ages.py)
+        cameras = ", ".join(
+            f"{name} {count} drops, {1000 * ages.get(name, 0.0):.0f} ms old" for name, count in drops.items()
+        )
+        table.add_row("cameras", cameras)
     table.add_row("disk free", f"{status.get('disk_free_gb')} GB")
     return table
 

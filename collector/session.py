@@ -47,6 +47,7 @@ from collector.checkpoint import (
 from collector.config import ConfigError, SessionConfig, dump_session_config, parse_session_config
 from collector.control import AddressUnavailable, ControlServer
 from collector.explorers import Explorer, ExplorerSpec, make_explorer
+from collector.frame_ages import FrameAges
 from collector.state import Activity, CollectorState, HoldKind
 from robot_drivers import ActionSpace, DriverFault, FaultReason, RobotState, create_driver
 from robot_drivers.safe_driver import SafeDriver
@@ -133,6 +134,8 @@ class Collector:
         """The last safety incident (a stop, a limit crossed, a contact), magnitudes rounded."""
         self.episode_interventions = 0
         """The filter's routine interventions in the current episode (clips, limits, clearances)."""
+        self.frame_ages = FrameAges(config.control_rate_hz)
+        """The current episode's image ages and drops per camera (collector/frame_ages.py)."""
         self.started_at = time.monotonic()
         self._step_times: collections.deque[float] = collections.deque(maxlen=200)
         self._link_checked_at = 0.0
@@ -322,6 +325,8 @@ class Collector:
             },
             "last_incident": self.last_incident,
             "interventions": self.episode_interventions,
+            "camera_drops": self.frame_ages.drops(),
+            "camera_age_s": self.frame_ages.last_ages(),
             "disk_free_gb": round(health.free_bytes / 1e9, 3) if health else None,
             "stop_requested": self.lifecycle.stop_requested,
         }
@@ -405,14 +410,15 @@ class Collector:
                     if lifecycle.hold is not None:
                         continue
                 result = self.run_episode()
-                link_lost = lifecycle.hold is not None and lifecycle.hold.kind is HoldKind.link
+                waited_for = lifecycle.hold is not None and lifecycle.hold.kind in (HoldKind.link, HoldKind.camera)
                 if result.outcome == "complete":
                     self._link_losses = 0
-                faults = 0 if result.outcome != "fault" else faults + (0 if link_lost else 1)
+                faults = 0 if result.outcome != "fault" else faults + (0 if waited_for else 1)
             except DriverFault as fault:
                 lifecycle.needs_reset = True
                 self.store.log_event("driver_fault", reason=fault.reason.value, message=fault.message, fsync=True)
-                if not self._hold_for_link(fault):  # a lost link is waited for, not counted toward giving up
+                # a lost link or camera is waited for, not counted toward giving up
+                if not (self._hold_for_link(fault) or self._hold_for_camera(fault)):
                     faults += 1
             if faults >= MAX_CONSECUTIVE_FAULTS:
                 self.store.log_event("giving_up", faults=faults, fsync=True)
@@ -513,6 +519,17 @@ class Collector:
         self._link_checked_at = time.monotonic()
         return True
 
+    def _hold_for_camera(self, fault: DriverFault) -> bool:
+        """Hold for the operator (True) when ``fault`` is a camera that stopped delivering: the
+        episode ended as ``fault``; the bridge stopped the arm and reopens the camera by itself
+        (its ``reopen_after_s``); after ``resume`` the arm is recovered and brought home, and a
+        camera still lost then holds again."""
+        if fault.reason is not FaultReason.camera_error:
+            return False
+        self.lifecycle.needs_reset = True
+        self.lifecycle.hold_for(HoldKind.camera, f"{fault.message}; reconnect it, then resume")
+        return True
+
     def _writes_pending(self, recorder: EpisodeRecorder) -> bool:
         """Whether a failed write waits for its retry (a resume may have come in through any poll:
         the retry must happen before the next step, not only in the wait that set the hold)."""
@@ -554,6 +571,7 @@ class Collector:
             return EpisodeResult(-1, 0, "not_started")
         self.episode_index, self.episode_step = recorder.index, 0
         self.episode_interventions = 0
+        self.frame_ages.start_episode()
         self.lifecycle.enter(Activity.running)
         observations, loop_periods, counts = [], [], collections.Counter()
         missed_deadlines, outcome = 0, "complete"
@@ -583,6 +601,7 @@ class Collector:
                 action = np.asarray(explorer.act(observation), dtype=np.float64)
                 command, events = safe.act(state, action, deadline=next_deadline if self.realtime else None)
                 observations.append(observation)
+                self.frame_ages.add(state)
                 try:
                     healthy = recorder.append(self._step_record(state, action, command.values, len(events)))
                 except StoreWriteError as error:  # the step is kept in memory; the chunk is retried
@@ -627,7 +646,8 @@ class Collector:
             else:
                 outcome = "fault"
                 self.store.log_event("driver_fault", reason=fault.reason.value, message=fault.message, fsync=True)
-                self._hold_for_link(fault)
+                if not self._hold_for_link(fault):
+                    self._hold_for_camera(fault)
         if outcome != "complete":
             with contextlib.suppress(DriverFault):
                 safe.stop()
@@ -673,7 +693,8 @@ class Collector:
         }
         steps = recorder.steps
         index = recorder.index
-        finished, info = self._finish(recorder, outcome, {"timing": timing, "safety_event_counts": dict(counts)})
+        metadata = {"timing": timing, "safety_event_counts": dict(counts), "camera_frames": self.frame_ages.summary()}
+        finished, info = self._finish(recorder, outcome, metadata)
         if not finished:  # stopped while the disk was full: the .partial is salvaged by the next start
             recorder.abandon()
             self.lifecycle.needs_reset = True

@@ -7,8 +7,9 @@ asked for.  The same words as README "Collecting data: the operator's guide".
   request: the loop never makes one).
 - **Hold**, why the arm is kept still until something changes, typed (`HoldKind`): an operator
   e-stop, a failed write (``disk``), the store's writer behind or space low (``store``, clears by
-  itself), repeated safety violations (``safety``), no safe path home (``reset``).  Every hold but
-  ``store`` waits for the operator's ``resume``.
+  itself), repeated safety violations (``safety``), no safe path home (``reset``), a robot that does
+  not answer (``link``, clears by itself), a camera that stopped delivering (``camera``).  Every
+  hold but ``store`` and ``link`` waits for the operator's ``resume``.
 - **Operator requests**: ``pause``/``resume``, ``stop`` (finish the episode, then stop), ``estop``
   (stop the arm now).
 
@@ -60,6 +61,9 @@ class HoldKind(enum.Enum):
     link = "link"
     """The robot does not answer (the bridge server down, the network cut): clears by itself once it
     answers again, then the arm is stopped, recovered and brought home before the next episode."""
+    camera = "camera"
+    """A camera of the cell stopped delivering (the bridge stopped the arm): reconnect it, then
+    resume; a camera still lost at the next reset holds again."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +75,10 @@ class Hold:
 
     @property
     def reason(self) -> str:
-        """The line shown as ``hold_reason``: ``store:`` and ``disk:`` holds start with their kind
-        (the operator's guide documents those prefixes); the others are their message."""
-        if self.kind in (HoldKind.store, HoldKind.disk, HoldKind.link):
+        """The line shown as ``hold_reason``: ``store:``, ``disk:``, ``link:`` and ``camera:`` holds
+        start with their kind (the operator's guide documents those prefixes); the others are their
+        message."""
+        if self.kind in (HoldKind.store, HoldKind.disk, HoldKind.link, HoldKind.camera):
             return f"{self.kind.value}: {self.message}"
         return self.message
 

@@ -81,6 +81,10 @@ class RobotState:
             past the flange), m, shape (3,), by forward kinematics.
         gripper_width: opening between the fingers, m.
         images: camera name -> uint8 array (height, width, 3), RGB, right way up.
+        image_ages_s: camera name -> the age of its image when the state was read, s: how long
+            before the read its frame was captured (a real cell's cameras run at their own rate;
+            robot_drivers/cameras); 0 for a simulator's cameras (rendered on demand).  Empty when
+            the state carries no images, or comes from a bridge that does not report ages.
         privileged: simulation-only ground truth, logged but never fed to an explorer:
             ``cube_pos`` (3,) m, ``cube_quat`` (4,) (w, x, y, z), ``cube_top_face`` () int index
             into ``sim.scene.CUBE_FACE_COLOURS``.  Empty on hardware.
@@ -92,4 +96,5 @@ class RobotState:
     tip_pos: np.ndarray
     gripper_width: float = 0.0
     images: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    image_ages_s: dict[str, float] = dataclasses.field(default_factory=dict)
     privileged: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)

@@ -180,6 +180,7 @@ class SimPandaDriver(RobotDriver):
             tip_pos=self.tip_pose()[0],
             gripper_width=self._gripper_width(),
             images=images,
+            image_ages_s=dict.fromkeys(images, 0.0),  # rendered now, on demand
             privileged={
                 "cube_pos": cube_pos,
                 "cube_quat": cube_quat,

@@ -1,10 +1,11 @@
 """``pandalab bridge check``: what an operator runs first on a new cell.
 
 Connects to a bridge server and prints the robot model, the server and libfranka versions, the
-joint state, the limits in force, the achieved state rate and the round-trip latency of state
-requests and (zero) commands.  With ``--move`` (after a confirmation, or ``--yes``) it moves each
-joint in turn by `MOVE_RAD` at `MOVE_SPEED` and back, through the safety filter with the server's
-limits, paced at 20 Hz, and reports how closely the arm tracked the commanded velocity.
+cell's cameras (requested, achieved and recorded size and rate, the measured rate and the newest
+frame's age), the joint state, the limits in force, the achieved state rate and the round-trip
+latency of state requests and (zero) commands.  With ``--move`` (after a confirmation, or ``--yes``)
+it moves each joint in turn by `MOVE_RAD` at `MOVE_SPEED` and back, through the safety filter with
+the server's limits, paced at 20 Hz, and reports how closely the arm tracked the commanded velocity.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def run_bridge_check(
         out(f"arm         {info.get('arm')}: {info.get('robot_model')}; libfranka {info.get('libfranka', '-')}")
         cameras = ", ".join(f"{c['name']} {c['width']}x{c['height']}" for c in info.get("cameras", [])) or "none"
         out(f"cameras     {cameras}")
+        _print_camera_sources(driver, out)
         limits = info.get("limits", {})
         out(
             f"watchdog    {info.get('watchdog_ms')} ms; commands older than {info.get('max_command_age_ms')} ms dropped"
@@ -100,6 +102,28 @@ def run_bridge_check(
     finally:
         driver.close()
     return 0
+
+
+def _print_camera_sources(driver: BridgeDriver, out: Callable[[str], None]) -> None:
+    """Each camera of the cell: requested, achieved and recorded settings, then the measured frame
+    rate and the newest frame's age now (a simulated arm's cameras render on demand: not listed)."""
+    from robot_drivers.cameras.rig import settings_text
+
+    sources = driver.server_info.get("camera_sources", [])
+    if not sources:
+        return
+    time.sleep(0.5)  # let the measured rates cover a moment of frames
+    live = {c.get("name"): c for c in driver.server_status().get("cameras", [])}
+    for source in sources:
+        out(f"camera      {source['name']} ({source['source']} {source['device']}): {settings_text(source)}")
+        status = live.get(source["name"], {})
+        age = status.get("age_s")
+        age_text = "no frame yet" if age is None else f"newest frame {1000 * age:.1f} ms old"
+        lost = f"; LOST: {status['lost']}" if status.get("lost") else ""
+        out(
+            f"            measured {status.get('fps_measured', 0):g} fps, {age_text}, "
+            f"{status.get('frames', 0)} frames, lost {status.get('losses', 0)} times{lost}"
+        )
 
 
 def _move_each_joint(driver: BridgeDriver, out: Callable[[str], None]) -> None:

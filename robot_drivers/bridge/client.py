@@ -196,6 +196,7 @@ class BridgeDriver(RobotDriver):
             tip_pos=state.tip_pos,
             gripper_width=state.gripper_width,
             images={name: image for name, image in state.images.items() if name in wanted},
+            image_ages_s={name: age for name, age in state.image_ages_s.items() if name in wanted},
             privileged=state.privileged,
         )
 
@@ -261,15 +262,21 @@ class BridgeDriver(RobotDriver):
                 child.wait()
         self._greeted = False
 
+    def server_status(self) -> dict[str, Any]:
+        """The server's ``status`` reply: its counters and its cameras' frames, measured rates and
+        newest frames' ages (``pandalab bridge check``)."""
+        return self._request({"op": "status"}, self.config.request_timeout_s)[0]
+
     def reachable(self) -> bool:
-        """Whether the server answers now (a quick ``status``), for a collector waiting on a lost link.
-        A spawned server that died is started again first."""
+        """Whether the server answers now (a quick ``status``) and its arm's own link is up (a ``ros2``
+        arm's joint states arrive), for a collector waiting on a lost link.  A spawned server that
+        died is started again first."""
         if self._child is not None and self._child.poll() is not None:
             self._spawn_server()
         try:
-            self._request({"op": "status"}, min(self.config.request_timeout_s, 0.5))
+            reply, _ = self._request({"op": "status"}, min(self.config.request_timeout_s, 0.5))
         except DriverFault:
             if self._socket is not None:
                 self._open_socket()  # a fresh connection: nothing stale queued for the next try
             return False
-        return True
+        return reply.get("arm_link", True) is not False

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from robot_drivers.addresses import check_zmq_address
 from robot_drivers.bridge.arm import arm_class, arm_names
+from robot_drivers.cameras.base import CameraConfig
 from robot_drivers.types import ActionSpace
 from safety.limits import SafetyLimits
 from safety.robot_model import ROBOT_MODELS, limits_fields
@@ -63,6 +64,12 @@ class BridgeServerConfig(StrictModel):
         "hello), is dropped and counted.",
     )
     stop_timeout_s: float = Field(5.0, gt=0.0, le=60.0, description="Longest a stop may take to reach rest, s.")
+    cameras: tuple[CameraConfig, ...] = Field(
+        (),
+        description="The cell's cameras (robot_drivers/cameras): opened before the arm is connected, each read by "
+        "its own thread; every state with images carries each one's newest frame, resized to its record size, "
+        "and its age.  Names must differ from each other and from the arm's own (a simulated arm's) cameras.",
+    )
 
     @field_validator("address")
     @classmethod
@@ -97,9 +104,17 @@ class BridgeServerConfig(StrictModel):
             raise ValueError(f"robot_model: the simulated arm is a Panda, not {self.robot_model}")
         options_class = arm.options_class
         try:
-            options_class(**_without_session_fields(self.options))
+            options = options_class(**_without_session_fields(self.options))
         except ValidationError as error:
             raise ValueError("; ".join(validation_problems(error, "options."))) from None
+        names = [camera.name for camera in self.cameras]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"cameras: each name once; {', '.join(map(repr, repeated))} repeated")
+        arms = {camera.name for camera in getattr(options, "cameras", ())}  # a simulated arm's, defaults included
+        clash = sorted(arms & set(names))
+        if clash:
+            raise ValueError(f"cameras: {', '.join(map(repr, clash))} is also a camera of the arm (options.cameras)")
         return self
 
 

@@ -11,13 +11,16 @@ Requests (client -> server):
 - ``hello``: ``protocol``, ``control_rate_hz`` (the client's command rate, Hz), ``client_time``
   (the client's wall clock, s).  Makes the sender the arm's driver (refused while another client
   has commanded it within the watchdog period).  Reply: the server's description (`hello_reply`).
-- ``state``: ``images`` (bool).  Reply: the latest measured state (`encode_state`).
+- ``state``: ``images`` (bool).  Reply: the latest measured state (`encode_state`); with images, each
+  one's age (``image_ages_s``: s from its frame's capture to the read; a real cell's cameras run on
+  their own), or an error with reason ``camera_error`` naming a camera that stopped delivering.
 - ``command``: ``seq`` (int, increasing), ``sent`` (the client's wall clock when sent, s), ``dq``
   (7 joint velocities, rad/s).  Reply: ``applied`` (what the robot-side filter passed on).
 - ``stop``: bring the arm to rest (recovering from a reflex first), reply when at rest.
 - ``reset``: ``home`` (7 angles, rad).  Simulated arm: put it and the cube back; a real arm:
   confirm it stands at home.  Reply: the state.
-- ``status``: counters of what the server dropped, refused and did.
+- ``status``: counters of what the server dropped, refused and did; ``cameras``: each of the cell's
+  cameras' frames, measured frame rate, newest frame's age and loss.
 - ``bye``: the driving client lets go of the arm (its target becomes zero); another may say hello.
 
 Replies: ``{"ok": true, "id": ..., ...}`` or ``{"ok": false, "id": ..., "error": "one line",
@@ -188,6 +191,8 @@ def encode_state(request_id: int, state: RobotState) -> list[bytes]:
         },
         "images": images,
     }
+    if state.image_ages_s:  # absent from an older server's replies: read as {} (no ages known)
+        header["state"]["image_ages_s"] = {name: float(age) for name, age in state.image_ages_s.items()}
     return encode(header, frames)
 
 
@@ -205,6 +210,12 @@ def decode_state(header: dict[str, Any], frames: list[bytes]) -> RobotState:
     privileged = {
         key: np.asarray(entry["value"], dtype=entry["dtype"]) for key, entry in body.get("privileged", {}).items()
     }
+    ages = body.get("image_ages_s", {})
+    if not isinstance(ages, dict) or not set(ages) <= set(images):
+        raise ProtocolError("a state reply's image_ages_s is not a mapping of its images' names to ages")
+    for name, age in ages.items():
+        if not isinstance(age, int | float) or isinstance(age, bool) or not 0.0 <= age < math.inf:
+            raise ProtocolError(f"image {name!r}: an age that is not a number of seconds >= 0 ({ascii(age)[:40]})")
     return RobotState(
         time=float(body["time"]),
         q=_floats(body["q"], NUM_JOINTS),
@@ -212,6 +223,7 @@ def decode_state(header: dict[str, Any], frames: list[bytes]) -> RobotState:
         tip_pos=_floats(body["tip_pos"], 3),
         gripper_width=float(body["gripper_width"]) if body["gripper_width"] is not None else float("nan"),
         images=images,
+        image_ages_s={name: float(age) for name, age in ages.items()},
         privileged=privileged,
     )
 

@@ -13,7 +13,12 @@ simulated arm, a few milliseconds for a real one):
   sequence number and a send time: an out-of-order or stale one is dropped and counted;
 - one client drives the arm at a time (the one whose ``hello`` came last, once the previous one has
   been silent for a watchdog period); any client may read the state (monitors, ``bridge check``);
-- ``stop`` and ``reset`` are answered when done, while the loop keeps ticking and answering others.
+- ``stop`` and ``reset`` are answered when done, while the loop keeps ticking and answering others;
+- **cameras** of a real cell (config ``cameras``, `robot_drivers.cameras.rig.CameraRig`) are opened
+  before the arm is connected (a missing one stops the start, naming it) and read by their own
+  threads; a state with images carries each one's newest frame and its age.  A camera that stops
+  delivering stops the arm (target zero), and every command is then refused with ``camera_error``
+  naming it, until a ``stop`` after it delivers again.
 
 Everything the server does on its own (watchdog stops, reflexes, drops) is logged as one line on
 stderr and counted in ``status``.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -33,9 +39,10 @@ import zmq
 
 from robot_drivers.base import DriverFault, FaultReason
 from robot_drivers.bridge import protocol
-from robot_drivers.bridge.arm import Arm, arm_class
+from robot_drivers.bridge.arm import Arm, create_arm
 from robot_drivers.bridge.config import BridgeServerConfig
-from robot_drivers.types import NUM_JOINTS
+from robot_drivers.cameras.rig import CameraRig, settings_text
+from robot_drivers.types import NUM_JOINTS, RobotState
 from safety import SafetyFilter
 
 SERVER_VERSION = "1"
@@ -53,9 +60,17 @@ MAX_REQUESTS_PER_TICK = 20
 class BridgeServer:
     """Serve ``arm`` (connected here) on ``config.address`` until `serve`'s ``should_stop`` is true."""
 
-    def __init__(self, config: BridgeServerConfig, arm: Arm | None = None, log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        config: BridgeServerConfig,
+        arm: Arm | None = None,
+        log: Callable[[str], None] | None = None,
+        rig: CameraRig | None = None,
+    ):
         self.config = config
-        self.arm = arm if arm is not None else arm_class(config.arm)(config.options)
+        self.arm = arm if arm is not None else create_arm(config)
+        self.rig = rig if rig is not None else CameraRig(config.cameras)
+        """The cell's cameras (none for a simulated arm, which renders its own)."""
         self.log = log or _stderr_log
         self.watchdog_s = config.watchdog_ms / 1000.0
         self.max_command_age_s = config.max_command_age_ms / 1000.0
@@ -69,7 +84,10 @@ class BridgeServer:
             "watchdog_stops": 0,
             "faults": 0,
             "overruns": 0,
+            "camera_losses": 0,
         }
+        self._camera_fault: str | None = None
+        """Why the arm was stopped for a camera (one line) until a stop after it delivers again."""
         self.driver: bytes | None = None
         """Identity of the client driving the arm."""
         self._filter: SafetyFilter | None = None
@@ -91,15 +109,29 @@ class BridgeServer:
 
     # ---- the loop ---------------------------------------------------------------------------------
     def serve(self, should_stop: Callable[[], bool] = lambda: False, ready: Callable[[], None] | None = None) -> int:
-        """Connect the arm, bind, and run until ``should_stop()``; then stop the arm and close.
-        Returns 0; `DriverFault` if the arm cannot be connected, `zmq.ZMQError` if the address is taken."""
-        self.arm.connect()
+        """Open the cameras, connect the arm, bind, and run until ``should_stop()``; then stop the arm
+        and close.  Returns 0; `DriverFault` if a camera cannot be opened (``camera_error``, naming it:
+        the arm is then never connected) or the arm cannot be connected or the address is taken."""
+        self.rig.open()
         try:
-            self.socket.bind(self.config.address)
-        except zmq.ZMQError as error:
-            self.arm.close()
-            raise DriverFault(FaultReason.connection_lost, f"cannot bind {self.config.address}: {error}") from None
+            self.arm.connect()
+        except BaseException:
+            self.rig.close()
+            raise
         describe = self.arm.describe()
+        clash = sorted({c.get("name") for c in describe.get("cameras", [])} & set(self.rig.names))
+        try:
+            if clash:
+                raise DriverFault(FaultReason.camera_error, f"cameras {clash} are the arm's own cameras too")
+            self.socket.bind(self.config.address)
+        except (zmq.ZMQError, DriverFault) as error:
+            self.arm.close()
+            self.rig.close()
+            if isinstance(error, DriverFault):
+                raise
+            raise DriverFault(FaultReason.connection_lost, f"cannot bind {self.config.address}: {error}") from None
+        for source in self.rig.sources():
+            self.log(f"camera {source['name']!r} ({source['source']} {source['device']}): {settings_text(source)}")
         self.log(f"serving {describe.get('arm', self.config.arm)} on {self.config.address}")
         if ready is not None:
             ready()
@@ -128,6 +160,7 @@ class BridgeServer:
                     self.arm.tick(time.monotonic())
                     time.sleep(tick_s)
             self.arm.close()
+            self.rig.close()
             self.socket.close(0)
             self.log("stopped")
         return 0
@@ -145,6 +178,8 @@ class BridgeServer:
             self.log(f"{self.arm.fault_reason()}: {fault}")
             self._moving = False
         self._fault_logged = fault
+        if self.rig.cameras:
+            self._check_cameras(now)
         if self._moving and now - self._last_command_at > self.watchdog_s:
             try:
                 self._stop_arm()
@@ -158,6 +193,29 @@ class BridgeServer:
             )
         if self._pending:
             self._answer_pending(now)
+
+    def _check_cameras(self, now: float) -> None:
+        """A camera newly lost stops the arm and latches `_camera_fault` (commands refused)."""
+        lost, back = self.rig.check(now)
+        for line in lost:
+            self.counters["camera_losses"] += 1
+            self._camera_fault = line
+            self._stop_arm()
+            self.log(f"camera_error: {line}: the arm is stopped")
+        for name in back:
+            self.log(f"camera {name!r} delivers frames again (commands resume after a stop)")
+
+    def _state(self, images: bool) -> RobotState:
+        """The arm's state; with ``images``, the cameras' newest frames merged in with their ages
+        (`DriverFault` ``camera_error`` naming a camera that stopped delivering)."""
+        state = self.arm.state(images=images)
+        if not images:
+            return state
+        ages = {name: state.image_ages_s.get(name, 0.0) for name in state.images}  # the arm's render on demand
+        if not self.rig.cameras:
+            return dataclasses.replace(state, image_ages_s=ages)
+        frames, rig_ages = self.rig.images()
+        return dataclasses.replace(state, images={**state.images, **frames}, image_ages_s={**ages, **rig_ages})
 
     def _stop_arm(self) -> None:
         self.arm.set_velocity_target(np.zeros(NUM_JOINTS))
@@ -221,7 +279,7 @@ class BridgeServer:
     def _handle(self, identity: bytes, request: dict[str, Any]) -> None:
         op = request["op"]
         if op == "state":
-            state = self.arm.state(images=request["images"])
+            state = self._state(images=request["images"])
             self._reply(identity, {}, protocol.encode_state(request["id"], state))
         elif op == "command":
             self._command(identity, request)
@@ -234,6 +292,9 @@ class BridgeServer:
                 message, reason = self.arm.fault(), self.arm.fault_reason()
                 self.arm.recover()
                 self.log(f"recovered from {reason} ({message})")
+            if self._camera_fault is not None and self.rig.lost() is None:
+                self.log(f"cameras deliver again: commands are taken again (after {self._camera_fault})")
+                self._camera_fault = None
             self._positions.clear()
             self._pending.append((identity, request, time.monotonic() + self.config.stop_timeout_s))
         elif op == "reset":
@@ -244,7 +305,7 @@ class BridgeServer:
             self.arm.reset(request["home"])
             if self._filter is not None:
                 self._filter.reset()
-            self._reply(identity, {}, protocol.encode_state(request["id"], self.arm.state(images=True)))
+            self._reply(identity, {}, protocol.encode_state(request["id"], self._state(images=True)))
         elif op == "bye":
             if identity == self.driver:
                 self._stop_arm()
@@ -252,7 +313,16 @@ class BridgeServer:
                 self.log("the driving client let go")
             self._reply(identity, {"ok": True, "id": request["id"]})
         elif op == "status":
-            self._reply(identity, {"ok": True, "id": request["id"], "counters": dict(self.counters)})
+            self._reply(
+                identity,
+                {
+                    "ok": True,
+                    "id": request["id"],
+                    "counters": dict(self.counters),
+                    "cameras": self.rig.status(),
+                    "arm_link": self.arm.link_alive(),
+                },
+            )
 
     def _hello(self, identity: bytes, request: dict[str, Any]) -> None:
         if request["protocol"] != protocol.PROTOCOL:
@@ -292,6 +362,8 @@ class BridgeServer:
                 "server_version": SERVER_VERSION,
                 "arm": self.config.arm,
                 **describe,
+                "cameras": [*describe.get("cameras", []), *self.rig.describe()],
+                "camera_sources": self.rig.sources(),
                 "robot_model": self.config.robot_model,
                 "limits": self.config.safety.model_dump(mode="json"),
                 "watchdog_ms": self.config.watchdog_ms,
@@ -338,6 +410,12 @@ class BridgeServer:
         if fault is not None:
             self.counters["refused"] += 1
             raise DriverFault(self.arm.fault_reason(), f"{fault}; the arm is stopped until a stop recovers it")
+        if self._camera_fault is not None:
+            self.counters["refused"] += 1
+            raise DriverFault(
+                FaultReason.camera_error,
+                f"{self._camera_fault}; the arm is stopped until a stop once the camera delivers again",
+            )
         assert self._filter is not None  # set at hello
         safe, events = self._filter.filter(self.arm.state(), dq)
         self.arm.set_velocity_target(safe.values)

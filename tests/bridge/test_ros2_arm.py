@@ -18,6 +18,9 @@ from robot_drivers.bridge.arm_ros2 import Ros2Arm
 from robot_drivers.bridge.ros2_wire import Float64MultiArray, Header, JointState, Ros2Graph, loopback_options, stamp
 
 NAMES = [f"fr3_joint{i}" for i in range(1, 8)]
+STATE_TIMEOUT_S = 0.3
+"""The arm's state_timeout_ms here: the publisher thread and the arm share this process's GIL, and a
+loaded 2-core machine can pause a thread for longer than franka_ros2's 100 ms default."""
 Q = [0.1, -0.2, 0.3, -2.0, 0.5, 1.6, 0.7]
 _domains = itertools.count()
 
@@ -77,7 +80,8 @@ def _run(arm: Ros2Arm, seconds: float) -> None:
 
 
 def _connected(side: RobotSide) -> Ros2Arm:
-    arm = Ros2Arm({"dds": side.options.model_dump(mode="json"), "connect_timeout_s": 5.0}, robot_model="fr3")
+    options = {"dds": side.options.model_dump(mode="json"), "connect_timeout_s": 5.0}
+    arm = Ros2Arm({**options, "state_timeout_ms": 1000 * STATE_TIMEOUT_S}, robot_model="fr3")
     arm.connect()
     return arm
 
@@ -97,15 +101,15 @@ def test_malformed_and_foreign_joint_states_change_nothing_and_alone_are_a_lost_
         ]
         for message in bad:
             robot_side.message = message
-            _run(arm, 0.03)
+            _run(arm, 0.05)
             np.testing.assert_array_equal(arm.state().q, before)
             assert arm.fault() is None
-            robot_side.message = joint_state  # valid ones in between: never 100 ms without one
-            _run(arm, 0.02)
+            robot_side.message = joint_state  # valid ones in between: never STATE_TIMEOUT_S without one
+            _run(arm, 0.05)
         assert arm.malformed_states >= len(bad)
         # only malformed messages for longer than state_timeout_ms: the stream counts as lost
         robot_side.message = bad[0]
-        _run(arm, 0.25)
+        _run(arm, STATE_TIMEOUT_S + 0.2)
         assert arm.fault() is not None and arm.fault_reason() == FaultReason.connection_lost.value
         assert not arm.link_alive()
         with pytest.raises(DriverFault, match="still no joint states"):
@@ -130,7 +134,7 @@ def test_a_stream_that_stops_ramps_the_commands_down_publishes_zero_then_nothing
         _run(arm, 0.3)
         robot_side.commands()
         robot_side.message = lambda: None  # the robot side goes quiet
-        _run(arm, 0.6)
+        _run(arm, STATE_TIMEOUT_S + 0.6)
         sent = robot_side.commands()
         assert arm.fault_reason() == FaultReason.connection_lost.value
         assert sent and sent[0][0] > 0.0, "nothing was published while the stream stopped"

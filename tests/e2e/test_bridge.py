@@ -280,3 +280,99 @@ def test_a_bad_bridge_config_is_refused_naming_every_field(tmp_path):
     for field in ("address", "watchdog_ms", "x"):
         assert any(line.startswith(f"{path}: {field}") for line in lines), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_camera_of_the_cell_is_recorded_and_its_loss_faults_the_episode_and_holds(tmp_path):
+    """`pandalab bridge serve` with the simulated arm and an OpenCV camera reading a video file
+    (written here with cv2.VideoWriter, played in real time through cv2.VideoCapture), `pandalab
+    collect` through `bridge` recording it.  Mid-episode the file is truncated: the camera's reads
+    start failing, the bridge stops the arm, the episode ends as ``fault`` (``camera_error``) and
+    the collector holds, answering.  The file written again (the camera "reconnected"), the bridge
+    reopens it, and after ``resume`` collection goes on."""
+    import cv2
+    import h5py
+
+    video = tmp_path / "wrist.avi"
+
+    def write_video(path) -> None:
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (160, 120))
+        for i in range(30 * 240):  # four minutes: longer than the test, until it is truncated
+            frame = np.zeros((120, 160, 3), np.uint8)
+            frame[:, :, 1] = i % 200
+            writer.write(frame)
+        writer.release()
+
+    write_video(video)
+    camera = {
+        "name": "wrist",
+        "source": "opencv",
+        "device": str(video),
+        "fps": 30,
+        "record_width": 32,
+        "record_height": 32,
+        "max_failed_reads": 30,
+        "reopen_after_s": 0.5,
+    }
+    config_path, address = bridge_config(
+        tmp_path, options={"backend": "pybullet", "cameras": []}, cameras=[camera], control_rate_hz=20
+    )
+    server = serve(config_path)
+    session = session_config(
+        tmp_path,
+        address,
+        robot={
+            "backend": "bridge",
+            "options": {
+                "server": address,
+                "connect_timeout_s": 30,
+                "cameras": [{"name": "wrist", "width": 32, "height": 32}],
+            },
+        },
+        episode_steps=100,
+    )
+    control = f"ipc://{tmp_path}/control"
+    collector = pandalab("collect", "--config", session)
+    try:
+        wait_until_answering(control, collector)
+        wait_for(lambda: (s := send_request(control, "status"))["episodes"] >= 1 and s["episode_step"] > 5, 120)
+        running = send_request(control, "status")
+        assert running["camera_drops"].keys() == {"wrist"} and 0 <= running["camera_age_s"]["wrist"] < 0.1, running
+        os.truncate(video, 0)  # the camera's reads start failing; reopening it fails while it is empty
+        held = wait_for(
+            lambda: (s := send_request(control, "status"))["state"] == "held" and s, timeout_s=30, interval_s=0.1
+        )
+        assert held["hold_reason"].startswith("camera: bridge: camera 'wrist' (opencv "), held
+        time.sleep(2.0)
+        still = send_request(control, "status")  # the daemon holds and answers; it did not die
+        assert still["state"] == "held" and still["episodes"] == held["episodes"] and collector.poll() is None
+        write_video(tmp_path / "again.avi")
+        os.replace(tmp_path / "again.avi", video)  # reconnected: the bridge reopens it by itself
+        time.sleep(2.0)
+        send_request(control, "resume")
+        wait_for(lambda: send_request(control, "status")["episodes"] >= held["episodes"] + 1, timeout_s=120)
+        send_request(control, "stop")
+        assert collector.wait(timeout=60) == 0
+    finally:
+        if collector.poll() is None:
+            collector.kill()
+            collector.wait()
+        log = _stop_process(server)
+    assert "camera_error: camera 'wrist'" in log and "camera 'wrist' delivers frames again" in log, log
+    folder = tmp_path / "data" / "bridge"
+    assert verify_session(folder).clean
+    manifest = read_manifest(folder)
+    outcomes = [entry.outcome for entry in manifest]
+    assert outcomes.count("fault") == 1 and outcomes[-1] == "complete", outcomes
+    assert outcomes.index("fault") >= 1, outcomes  # complete episodes before the loss, and after
+    for entry in manifest:
+        with h5py.File(folder / entry.file) as episode:
+            images = episode["obs/images/wrist"]
+            assert images.shape == (entry.steps, 32, 32, 3) and images.dtype == np.uint8
+            frames = json.loads(episode.attrs["metadata"])["camera_frames"]["wrist"]
+        assert frames["steps"] == entry.steps and frames["drop_after_s"] == 0.1
+        if entry.outcome == "complete":
+            assert frames["age_mean_s"] < 0.1, frames
+        else:  # the frames aged while the reads failed, before the camera was declared lost
+            assert frames["drops"] >= 1 and frames["age_max_s"] > 0.1, frames
+    kinds = [(e["kind"], e.get("reason")) for e in read_events(folder)]
+    assert ("driver_fault", "camera_error") in kinds, kinds
