@@ -50,7 +50,13 @@ def run_bridge_check(
     try:
         info = driver.server_info
         out(f"bridge      {server}: protocol {info.get('protocol')}, server version {info.get('server_version')}")
-        out(f"arm         {info.get('arm')}: {info.get('robot_model')}; libfranka {info.get('libfranka', '-')}")
+        versions = f"; libfranka {info['libfranka']}" if "libfranka" in info else ""
+        out(f"arm         {info.get('arm')}: {info.get('robot_model')}{versions}")
+        if "joint_states_topic" in info:  # the ros2 arm: where it reads and writes, and how it recovers
+            out(
+                f"ros 2       joint states {info['joint_states_topic']}, commands {info.get('commands_topic')}, "
+                f"joints {', '.join(info.get('joint_names', []))}; error recovery: {info.get('error_recovery')}"
+            )
         cameras = ", ".join(f"{c['name']} {c['width']}x{c['height']}" for c in info.get("cameras", [])) or "none"
         out(f"cameras     {cameras}")
         _print_camera_sources(driver, out)
