@@ -20,8 +20,9 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from robot_drivers import ActionSpace, RobotState, create_driver
+from robot_drivers import ActionSpace, DriverFault, FaultReason, RobotState, create_driver
 from robot_drivers.safe_driver import SafeDriver
+from safety.types import SafetyEvent
 from sim.config import SimConfig
 from sim.scene import CUBE_FACES, DEFAULT_HOME_Q
 from sim.tasks import Task, make_task, states_from
@@ -99,13 +100,24 @@ class PandaEnv(gymnasium.Env):
     def step(self, action: np.ndarray):
         if self._state is None:
             raise RuntimeError("call reset() before step()")
-        command, events = self.safe.act(self._state, np.asarray(action, dtype=np.float64))
+        try:
+            command, events = self.safe.act(self._state, np.asarray(action, dtype=np.float64))
+            values, reflex = command.values, None
+        except DriverFault as fault:
+            if fault.reason is not FaultReason.collision_reflex:
+                raise
+            # The arm stopped itself (it met the table or the cube harder than the collision thresholds
+            # allow), as a real Franka does: the episode ends here, terminated, with the event.
+            values, reflex = np.zeros(ActionSpace(self.sim_config.action_space).dim), fault.message
+            events = [SafetyEvent("collision_reflex", None, 1.0, fault.message)]
         self._state = self.safe.read_state()
         self._steps += 1
         reward, success = self._score(self._state)
-        truncated = self._steps >= self.episode_steps
-        info = {"success": success, "command": command.values, "safety_events": [e.to_dict() for e in events]}
-        return self._observation(self._state), reward, False, truncated, info
+        truncated = self._steps >= self.episode_steps and reflex is None
+        info = {"success": success, "command": values, "safety_events": [e.to_dict() for e in events]}
+        if reflex is not None:
+            info["collision_reflex"] = reflex
+        return self._observation(self._state), reward, reflex is not None, truncated, info
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array" or self._state is None or not self._state.images:

@@ -56,3 +56,34 @@ def test_tip_delta_env_moves_the_tool_tip_through_the_filter():
         assert np.linalg.norm(moved - [0.05, 0.0, 0.0]) < 0.005, moved
     finally:
         env.close()
+
+
+def test_a_collision_reflex_terminates_the_episode_with_the_event_and_a_reset_recovers():
+    """Driving the tool tip at the cube (PyBullet, tip_delta) presses it harder than the collision
+    thresholds allow: the arm stops itself, as a real Franka does.  The episode ends there
+    (terminated, not truncated, not an exception that would end an evaluation or a training), the
+    event is in ``info``; the next reset recovers the arm."""
+    from sim.scene import CUBE_START_POS
+
+    env = gymnasium.make(
+        "pandalab/Panda-v0",
+        sim_config={"backend": "pybullet", "action_space": "tip_delta", "cameras": []},
+        task="push",
+    ).unwrapped
+    try:
+        obs, _ = env.reset()
+        into_the_cube = CUBE_START_POS + np.array([0.0, 0.0, -0.05])
+        for _ in range(120):
+            action = np.clip((into_the_cube - obs["tip_pos"]) / 0.02, -1, 1) * env.action_space.high
+            obs, _, terminated, truncated, info = env.step(action)
+            if terminated:
+                break
+        assert terminated and not truncated, "the reflex never tripped"
+        assert "collision reflex" in info["collision_reflex"]
+        assert [e["kind"] for e in info["safety_events"]] == ["collision_reflex"]
+        assert not np.any(info["command"])
+        obs, _ = env.reset()
+        obs, _, terminated, truncated, info = env.step(np.zeros(3))
+        assert not terminated and "collision_reflex" not in info
+    finally:
+        env.close()
