@@ -80,6 +80,12 @@ class StopCondition(_Strict):
     episodes: int | None = Field(None, gt=0, description="Stop after this many finished episodes.")
     wall_time_s: float | None = Field(None, gt=0, description="Stop after this many seconds.")
 
+    def planned_steps(self, episode_steps: int) -> int | None:
+        """The recorded steps this condition plans (``steps``, or ``episodes`` x ``episode_steps``, the
+        smaller), None when it stops only on time or by request."""
+        budgets = [b for b in (self.steps, self.episodes and self.episodes * episode_steps) if b]
+        return min(budgets) if budgets else None
+
 
 MAX_FLUSH_EVERY_STEPS = 10_000
 """Most steps one chunk of the `.partial` may gather before it is flushed."""

@@ -243,7 +243,9 @@ class Collector:
         limit = self.safe.action_limit
         image_shape = self.spec.observation_shape() if self.spec.observation == "image" else None
         kind = "image" if image_shape else "vector"
-        spec = ExplorerSpec(low, high, limit, len(limit), self.episode_steps, kind, image_shape)
+        planned = self.config.stop.planned_steps(self.episode_steps)
+        positions = position_indices(self.config.explorer.observation)
+        spec = ExplorerSpec(low, high, limit, len(limit), self.episode_steps, kind, image_shape, planned, positions)
         settings = self.config.explorer
         explorer = make_explorer(settings.name, spec, settings.parameters, self.config.seed)
         checkpoint = self.store.session_dir / CHECKPOINT_PATH
@@ -751,3 +753,20 @@ class Collector:
             self.control.close()
         if self.store is not None:
             self.store.close()
+
+
+def position_indices(observation: str) -> tuple[int, ...] | None:
+    """The components of a vector observation of kind ``observation`` that are positions (every field
+    but the joint velocities ``obs/dq``; `store.spec.OBSERVATION_FIELDS` gives the layout); None for
+    image observations."""
+    from store.spec import FIELD_SIZES, OBSERVATION_FIELDS
+
+    if observation not in OBSERVATION_FIELDS:
+        return None
+    indices, start = [], 0
+    for field in OBSERVATION_FIELDS[observation]:
+        size = FIELD_SIZES[field]
+        if field != "obs/dq":
+            indices.extend(range(start, start + size))
+        start += size
+    return tuple(indices)

@@ -33,6 +33,12 @@ class ExplorerSpec:
             ``"image"`` (one camera, uint8 ``image_shape`` = (H, W, 3); the bounds are then those
             of the proprioceptive part the collector still logs).
         image_shape: (H, W, 3) of image observations, else None.
+        planned_steps: the recorded steps the session plans (its stop condition: ``stop.steps``, or
+            ``stop.episodes`` x episode_steps, the smaller of the two), None when it runs until
+            stopped; schedules meant to span "the whole run" span this.
+        position_indices: the components of a vector observation that say where the arm and the
+            cube are (q; the cube's pose), without the joint velocities: what an image shows.
+            Novelty (RND) and gcrnd's goals use these (`positions`); None: every component.
     """
 
     observation_low: np.ndarray
@@ -42,6 +48,8 @@ class ExplorerSpec:
     episode_steps: int
     observation_kind: str = "vector"
     image_shape: tuple[int, int, int] | None = None
+    planned_steps: int | None = None
+    position_indices: tuple[int, ...] | None = None
 
     @property
     def observation_dim(self) -> int:
@@ -49,9 +57,34 @@ class ExplorerSpec:
 
     def normalise(self, observation: np.ndarray) -> np.ndarray:
         """Map an observation into [-1, 1] per component (clipped)."""
-        centre = (self.observation_high + self.observation_low) / 2
-        half_range = np.maximum((self.observation_high - self.observation_low) / 2, 1e-9)
-        return np.clip((np.asarray(observation, dtype=np.float64) - centre) / half_range, -1.0, 1.0)
+        return _normalise(observation, self.observation_low, self.observation_high)
+
+    @property
+    def _positions(self) -> list[int] | None:
+        if self.observation_kind != "vector" or self.position_indices is None:
+            return None
+        return list(self.position_indices)
+
+    @property
+    def position_dim(self) -> int:
+        """Components of `positions` of one vector observation."""
+        return self.observation_dim if self._positions is None else len(self._positions)
+
+    def positions(self, observations: np.ndarray) -> np.ndarray:
+        """The position components of (a batch of) vector observations; images as they are."""
+        index = self._positions
+        return observations if index is None else np.asarray(observations)[..., index]
+
+    def normalise_positions(self, positions: np.ndarray) -> np.ndarray:
+        """`normalise` for the output of `positions`."""
+        index = self._positions if self._positions is not None else slice(None)
+        return _normalise(positions, self.observation_low[index], self.observation_high[index])
+
+
+def _normalise(values: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    centre = (high + low) / 2
+    half_range = np.maximum((high - low) / 2, 1e-9)
+    return np.clip((np.asarray(values, dtype=np.float64) - centre) / half_range, -1.0, 1.0)
 
 
 def images_chw(images: np.ndarray) -> np.ndarray:
@@ -113,6 +146,7 @@ EXPLORERS: dict[str, str] = {
     "rnd": "collector.explorers.rnd:RNDExplorer",
     "gcrnd": "collector.explorers.gcrnd:GoalConditionedRND",
     "sse": "collector.explorers.sse:SelfSupervisedExploration",
+    "diayn": "collector.explorers.diayn:DIAYN",
 }
 """Explorer name -> ``module:ClassName``."""
 

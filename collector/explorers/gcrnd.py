@@ -27,7 +27,12 @@ Algorithm 1 as ALGORITHMS.md lists it, with the store as the replay buffer R:
 
 Goal conditioning: vectors -> [normalise(s), normalise(g)] into the dense networks; images -> the
 goal image concatenated with the state image on the channel axis (6 channels) into the conv
-(003 section V-B, "Network architecture").  Goals are full observations (for proprio: q and dq).
+(003 section V-B, "Network architecture").  A vector goal is the observation's position components
+(`ExplorerSpec.positions`: q, and the cube's pose with proprio+object; not the joint velocities), as
+003's image goals showed where things were, not how fast they moved; the novelty that chooses it
+is computed on the same components (`rnd` does the same).  (With velocities in the goals, the
+first probe of the explorer study, issue 16, saw 99 goals chosen among 30 distinct states, mostly
+joint-velocity spikes, which no policy can hold as a target.)
 
 The first `heatup_episodes` (1) episodes, and any episode before a goal exists, act uniformly at
 random (RL Coach's heatup; R is empty before the first episode).
@@ -106,14 +111,15 @@ class GoalConditionedRND(TD3Explorer):
                 break
         else:
             return None
-        novelty = self.rnd.novelty(observations)
+        positions = self.spec.positions(observations)
+        novelty = self.rnd.novelty(positions)
         best = int(np.argmax(novelty))
         self.last_subset = (episodes, steps, novelty)
         return {
             "episode": int(episodes[best]),
             "step": int(steps[best]),
             "novelty": float(novelty[best]),
-            "obs": observations[best].copy(),
+            "obs": np.array(positions[best]),
         }
 
     def _after_training(self, stats: dict[str, float]) -> None:
@@ -139,8 +145,8 @@ class GoalConditionedRND(TD3Explorer):
         goal = self.goal["obs"]
         if self.kind == "image":
             return torch.from_numpy(np.concatenate([images_chw(observation[None]), images_chw(goal[None])], axis=1))
-        pair = np.stack([np.asarray(observation), goal])
-        return torch.from_numpy(self._vector(pair).reshape(1, -1))
+        vector = np.concatenate([self._vector(np.asarray(observation)), self.spec.normalise_positions(goal)])
+        return torch.from_numpy(vector.astype(np.float32).reshape(1, -1))
 
     # -- training (Algorithm 1 lines 13-20)
     def relabelled_batch(self, n: int) -> dict[str, np.ndarray] | None:
@@ -152,6 +158,7 @@ class GoalConditionedRND(TD3Explorer):
         obs = self.replay.gather(episodes, steps)
         next_obs = self.replay.gather(episodes, steps + 1)
         goal = self.replay.gather(episodes, goal_steps)
+        goal = None if goal is None else self.spec.positions(goal)
         action = self.replay.gather(episodes, steps, key="action")
         if obs is None or next_obs is None or goal is None or action is None:
             return None
@@ -170,7 +177,8 @@ class GoalConditionedRND(TD3Explorer):
     def _pair(self, obs: np.ndarray, goal: np.ndarray) -> torch.Tensor:
         if self.kind == "image":
             return torch.from_numpy(np.concatenate([images_chw(obs), images_chw(goal)], axis=1))
-        return torch.from_numpy(np.concatenate([self._vector(obs), self._vector(goal)], axis=1))
+        goal = self.spec.normalise_positions(goal).astype(np.float32)
+        return torch.from_numpy(np.concatenate([self._vector(obs), goal], axis=1))
 
     def _batch(self, n: int) -> dict[str, torch.Tensor] | None:
         b = self.relabelled_batch(n)

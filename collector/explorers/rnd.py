@@ -30,9 +30,12 @@ Coach's TD3 uses `AdditiveNoise` with ``noise_as_percentage_from_action_space = 
 values are the absolute std of Gaussian noise added to the actor's output in its [-1, 1] action
 box (Coach's robosuite actions are normalised to [-1, 1]); i.e. std 1.5 x action_limit decaying
 linearly to 0.5 x action_limit, then clipped to the box.  The paper does not state the decay
-length: we decay over the whole run, N x M x T = 150 x 10 x 200 = 300K acting steps
-(`exploration_noise_steps`, counted on policy steps only, as Coach's schedule steps only in its
-training phase).
+length: we decay over the whole run (`exploration_noise_steps`, counted on policy steps only, as
+Coach's schedule steps only in its training phase): the session's planned steps less the heatup's
+when its stop condition gives them (`ExplorerSpec.planned_steps`), else 003's run, N x M x T = 150 x
+10 x 200 = 300K acting steps.  (A schedule fixed at 300K left a 20K-step session at std 1.3-1.5,
+56-58% of action components at the bounds and the tip at the workspace walls most of the time:
+the explorer study's first probe, issue 16.)
 
 Deviations and choices (the paper is silent unless stated):
 - Heatup: the first `heatup_episodes` (1) act uniformly at random (RL Coach's heatup); gcrnd needs
@@ -111,7 +114,10 @@ class LearnedExplorerConfig(ExplorerConfig):
         0.5, ge=0, description="Std of the additive action noise at the end of its linear schedule (003 Table I)."
     )
     exploration_noise_steps: int | None = Field(
-        None, ge=1, description="Policy steps of the linear noise schedule; None = N x M x T (the whole run)."
+        None,
+        ge=1,
+        description="Policy steps of the linear noise schedule; None = the whole run: the session's planned steps "
+        "less the heatup's, or N x M x T when the session runs until stopped.",
     )
     heatup_episodes: int = Field(1, ge=0, description="Episodes of uniform random actions first (RL Coach heatup).")
     # -- TD3 (003 Table I; RL Coach defaults): td3_learner.TD3LearnerConfig, and the explorer's batches
@@ -193,8 +199,8 @@ class TD3Explorer(Explorer):
             stacked = channels * (2 if self.goal_conditioned else 1)
             policy_shape: tuple[int, ...] = (stacked, h, w)
         else:
-            rnd_shape = (spec.observation_dim,)
-            policy_shape = (spec.observation_dim * (2 if self.goal_conditioned else 1),)
+            rnd_shape = (spec.position_dim,)  # novelty of where things are, not how fast (an image's view)
+            policy_shape = (spec.observation_dim + (spec.position_dim if self.goal_conditioned else 0),)
         parts = config.parts()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))  # network initialisation depends on the session seed only
@@ -212,7 +218,11 @@ class TD3Explorer(Explorer):
     @property
     def noise_steps(self) -> int:
         c = self.config
-        return c.exploration_noise_steps or c.cycles * c.episodes_per_cycle * self.spec.episode_steps
+        if c.exploration_noise_steps:
+            return c.exploration_noise_steps
+        if self.spec.planned_steps:
+            return max(1, self.spec.planned_steps - c.heatup_episodes * self.spec.episode_steps)
+        return c.cycles * c.episodes_per_cycle * self.spec.episode_steps
 
     @property
     def exploration_noise(self) -> float:
@@ -250,7 +260,7 @@ class TD3Explorer(Explorer):
         """Take a new episode in: RND input statistics (and, for rnd, reward statistics)."""
         data = self.replay.episode(index)
         if data is not None:
-            self.rnd.update_obs_stats(data["obs"])
+            self.rnd.update_obs_stats(self.spec.positions(data["obs"]))
 
     @abc.abstractmethod
     def _batch(self, n: int) -> dict[str, torch.Tensor] | None:
@@ -299,7 +309,7 @@ class TD3Explorer(Explorer):
         """003 Algorithm 1 line 24: train f^ on the last M episodes for K epochs."""
         c = self.config
         recent = [i for i in self.known_episodes if i in self.replay][-c.episodes_per_cycle :]
-        parts = [d["obs"] for d in (self.replay.episode(i) for i in recent) if d is not None]
+        parts = [self.spec.positions(d["obs"]) for d in (self.replay.episode(i) for i in recent) if d is not None]
         self.rnd_cycles += 1
         if parts:
             self.last_rnd_loss = self.rnd.fit(np.concatenate(parts), c.rnd_epochs, c.rnd_batch_size, self.rng)
@@ -367,8 +377,9 @@ class RNDExplorer(TD3Explorer):
     def _ingest(self, index: int) -> None:
         data = self.replay.episode(index)
         if data is not None:
-            self.rnd.update_obs_stats(data["obs"])
-            self.rnd.update_reward_stats(self.rnd.novelty(data["obs"]))
+            positions = self.spec.positions(data["obs"])
+            self.rnd.update_obs_stats(positions)
+            self.rnd.update_reward_stats(self.rnd.novelty(positions))
 
     def _batch(self, n: int) -> dict[str, torch.Tensor] | None:
         episodes, steps = self.replay.sample_transitions(n, self.rng)
@@ -377,7 +388,7 @@ class RNDExplorer(TD3Explorer):
         actions = self.replay.gather(episodes, steps, key="action")
         if obs is None or next_obs is None or actions is None:
             return None
-        reward = self.rnd.intrinsic_reward(next_obs).astype(np.float32)
+        reward = self.rnd.intrinsic_reward(self.spec.positions(next_obs)).astype(np.float32)
         if self.kind == "image":
             obs_t, next_t = torch.from_numpy(images_chw(obs)), torch.from_numpy(images_chw(next_obs))
         else:

@@ -37,6 +37,7 @@ PARAMETERS = {
     "rnd": SMALL,
     "gcrnd": SMALL,
     "sse": {"hidden": [16, 16], "batch_size": 8, "horizon": 2, "updates_per_episode": 3},
+    "diayn": {"num_skills": 4, "hidden": [16, 16], "discriminator_hidden": [16, 16], "batch_size": 8},
 }
 
 
@@ -116,7 +117,7 @@ def assert_identical(a, b, where: str = "state") -> None:
 # ------------------------------------------------------------------------------- round trips
 
 
-CASES = [(name, "vector") for name in EXPLORERS] + [("gcrnd", "image"), ("sse", "image")]
+CASES = [(name, "vector") for name in EXPLORERS] + [("gcrnd", "image"), ("sse", "image"), ("diayn", "image")]
 
 
 def test_every_registered_explorer_is_covered():

@@ -20,6 +20,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sessions_before_s
 SMALL_TD3 = {"actor_hidden": [8], "critic_hidden": [8], "rnd_hidden": [8], "rnd_output_dim": 4, "batch_size": 4}
 SMALL_TD3 |= {"conv_layers": [[4, 4, 2]], "rnd_conv_layers": [[4, 4, 2]], "updates_per_episode": 1}
 SMALL_SSE = {"hidden": [8], "batch_size": 4, "horizon": 2, "updates_per_episode": 1, "feature_dim": 4}
+SMALL_DIAYN = {"num_skills": 2, "hidden": [8], "discriminator_hidden": [8], "batch_size": 4, "feature_dim": 4}
 
 
 @pytest.fixture(autouse=True)
@@ -125,13 +126,13 @@ def test_the_explorers_camera_is_the_first_the_session_names(tmp_path, name):
             np.testing.assert_array_equal(explorer.replay.gather(np.repeat([0, 1], 6), np.tile(np.arange(6), 2)), side)
 
 
-@pytest.mark.parametrize("name", ["rnd", "sse"])
+@pytest.mark.parametrize("name", ["rnd", "sse", "diayn"])
 def test_a_session_without_a_description_is_refused_by_name(tmp_path, name):
     with SessionStore.open(tmp_path, "s") as store:  # no session.yaml: not a session the collector wrote
         recorder = store.begin_episode()
         for _ in range(3):
             recorder.append({"obs/q": np.zeros(7), "obs/dq": np.zeros(7), "action": np.zeros(3)})
         recorder.finish("complete")
-        explorer = make_explorer(name, _spec(), SMALL_SSE if name == "sse" else SMALL_TD3, 0)
+        explorer = make_explorer(name, _spec(), {"sse": SMALL_SSE, "diayn": SMALL_DIAYN}.get(name, SMALL_TD3), 0)
         with pytest.raises(SpecError, match=r"session\.yaml: missing"):
             explorer.train(store)

@@ -27,7 +27,7 @@ def _run_episode(explorer, rng):
     return actions
 
 
-@pytest.mark.parametrize("name", ["random", "random_linear", "gep"])
+@pytest.mark.parametrize("name", ["random", "random_linear", "gep", "diayn"])
 def test_actions_stay_inside_the_action_box_even_for_wild_observations(name):
     explorer = make_explorer(name, SPEC, {}, seed=0)
     rng = np.random.default_rng(0)
@@ -77,7 +77,7 @@ def test_gep_bootstraps_then_perturbs_the_policy_nearest_to_a_random_goal():
     assert phases == ["bootstrap"] * 5 + ["goal"] * 3
 
 
-@pytest.mark.parametrize("name", ["random", "random_linear", "gep"])
+@pytest.mark.parametrize("name", ["random", "random_linear", "gep", "diayn"])
 def test_state_dict_round_trip_continues_identically(name):
     explorer = make_explorer(name, SPEC, {"bootstrap_policies": 2} if name == "gep" else {}, seed=4)
     for i in range(3):

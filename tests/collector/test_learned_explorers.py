@@ -34,6 +34,7 @@ SMALL = {
 
 
 def _spec(kind: str = "vector") -> ExplorerSpec:
+    """As the collector builds it for proprio (q, dq) or an image: positions are q."""
     return ExplorerSpec(
         observation_low=np.concatenate([np.full(7, -2.9), np.full(7, -0.5)]),
         observation_high=np.concatenate([np.full(7, 2.9), np.full(7, 0.5)]),
@@ -42,6 +43,7 @@ def _spec(kind: str = "vector") -> ExplorerSpec:
         episode_steps=STEPS,
         observation_kind=kind,
         image_shape=IMAGE if kind == "image" else None,
+        position_indices=tuple(range(7)),
     )
 
 
@@ -162,6 +164,30 @@ def test_defaults_are_seed_003_table_one():
         make_explorer("rnd", _spec(), {"self_goal_probability": 0.1}, seed=0)
 
 
+def test_the_noise_schedule_spans_the_sessions_planned_steps_when_it_has_a_budget():
+    """003 decays the noise over its whole run (300K steps); a session with a budget is its own whole
+    run: the schedule spans its planned steps less the heatup's, and ends at the end std there."""
+    import dataclasses
+
+    spec = dataclasses.replace(_spec(), planned_steps=20 * STEPS)
+    explorer = make_explorer("rnd", spec, {**SMALL, "heatup_episodes": 2}, seed=0)
+    assert explorer.noise_steps == 18 * STEPS
+    explorer.policy_steps = 9 * STEPS
+    assert explorer.exploration_noise == pytest.approx(1.0)
+    explorer.policy_steps = 18 * STEPS
+    assert explorer.exploration_noise == pytest.approx(0.5)
+    assert make_explorer("rnd", spec, {**SMALL, "exploration_noise_steps": 7}, seed=0).noise_steps == 7
+
+
+def test_a_stop_condition_plans_its_steps():
+    from collector.config import StopCondition
+
+    assert StopCondition(steps=1000).planned_steps(50) == 1000
+    assert StopCondition(episodes=4).planned_steps(50) == 200
+    assert StopCondition(steps=1000, episodes=4).planned_steps(50) == 200
+    assert StopCondition(wall_time_s=60).planned_steps(50) is None
+
+
 def test_noise_schedule_is_linear_from_start_to_end():
     explorer = make_explorer("rnd", _spec(), {**SMALL, "exploration_noise_steps": 100, "heatup_episodes": 0}, seed=0)
     explorer.begin_episode()
@@ -188,8 +214,7 @@ def test_first_episode_is_heatup_then_the_goal_is_logged(tmp_path):
     goal = info["goal"]
     assert goal["episode"] == 0 and 0 <= goal["step"] < STEPS
     (episode,) = iter_episodes([s.session_dir])
-    stored = np.concatenate([episode.load("obs/q"), episode.load("obs/dq")], axis=1)
-    np.testing.assert_allclose(goal["vector"], stored[goal["step"]], rtol=1e-6)
+    np.testing.assert_allclose(goal["vector"], episode.load("obs/q")[goal["step"]], rtol=1e-6)  # no velocities
     s.close()
 
 
@@ -200,7 +225,7 @@ def test_goal_is_the_argmax_of_novelty_over_its_random_subset(session, kind):
     episodes, steps, novelty = explorer.last_subset
     assert len(episodes) == 20
     assert len(set(zip(episodes.tolist(), steps.tolist(), strict=True))) == 20, "subset states are distinct"
-    observations = explorer.replay.gather(episodes, steps)
+    observations = explorer.spec.positions(explorer.replay.gather(episodes, steps))
     np.testing.assert_allclose(explorer.rnd.novelty(observations), novelty)
     best = int(np.argmax(novelty))
     goal = explorer.pending_goal
@@ -220,6 +245,34 @@ def test_subset_is_the_whole_store_when_it_is_smaller(session):
     explorer = make_explorer("gcrnd", _spec(), {**SMALL, "goal_subset_size": 1000}, seed=0)
     explorer.train(session)
     assert len(explorer.last_subset[0]) == 3 * STEPS
+
+
+@pytest.mark.parametrize("name", ["rnd", "gcrnd"])
+def test_novelty_and_goals_see_positions_not_velocities(session, name):
+    """003's novelty and goals were images (where things are, not how fast): states that differ only
+    in their joint velocities are equally novel, and a vector goal holds no velocity."""
+    explorer = make_explorer(name, _spec(), SMALL, seed=0)
+    explorer.train(session)
+    rng = np.random.default_rng(5)
+    states = rng.uniform(-1, 1, size=(50, 14))
+    spiked = states.copy()
+    spiked[:, 7:] = rng.choice([-0.5, 0.5], size=(50, 7))  # velocity spikes at the cap
+    positions = explorer.spec.positions
+    np.testing.assert_array_equal(explorer.rnd.novelty(positions(states)), explorer.rnd.novelty(positions(spiked)))
+    assert explorer.rnd.novelty(positions(states)).shape == (50,)
+    if name == "gcrnd":
+        assert explorer.pending_goal["obs"].shape == (7,)
+        explorer.begin_episode()
+        action = explorer.act(states[0])
+        assert action.shape == (3,)
+
+
+def test_the_collector_tells_explorers_which_components_are_positions():
+    from collector.session import position_indices
+
+    assert position_indices("proprio") == tuple(range(7))  # q, not dq
+    assert position_indices("proprio+object") == (*range(7), *range(14, 21))  # q and the cube's pose
+    assert position_indices("image") is None
 
 
 # ------------------------------------------------------------------------------- relabelling
@@ -264,7 +317,7 @@ def test_relabelled_batches_take_goals_from_the_same_episode_future(session):
     second = again.relabelled_batch(500)
     assert not np.array_equal(first["goal_step"] - first["step"], second["goal_step"] - second["step"])
     torch_batch = explorer._batch(8)
-    assert torch_batch["obs"].shape == (8, 28)
+    assert torch_batch["obs"].shape == (8, 14 + 7)  # the state, and the goal's positions
     done = torch_batch["discount"] == 0
     np.testing.assert_allclose(torch_batch["discount"][~done].numpy(), 0.99)
 
