@@ -1,8 +1,8 @@
 """`make demo` / `pandalab demo`: the whole story on the embedded default, in minutes on a laptop CPU.
 
-1. collect a small dataset in simulation with the default explorer (random linear policies) by
-   running the real collector daemon: ``pandalab collect --config configs/demo.yaml`` as a
-   subprocess (PyBullet, no camera, 200-step episodes, 12000 steps);
+1. collect a small task-agnostic dataset in simulation by running the real collector daemon:
+   ``pandalab collect --config configs/demo.yaml`` as a subprocess (PyBullet, no camera, uniformly
+   random tool-tip displacements, 200-step episodes, 12000 steps);
 2. relabel it for reach:0 and train TD3+BC and BC from proprioception (``DEMO_UPDATES`` updates
    each, evaluated in the same simulator);
 3. print a table of both against the behaviour data's own closest distance to goal 0 (the minimum
