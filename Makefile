@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FRANKY_SIM_VENV := .venv-franky-sim
 FRANKY_SIM_STAMP := $(FRANKY_SIM_VENV)/.installed
+LEROBOT_VENV := .venv-lerobot
+LEROBOT_STAMP := $(LEROBOT_VENV)/.installed
 STANDIN_C_DIR := tools/franka_ros2_standin_c
 STANDIN_C := $(STANDIN_C_DIR)/build/standin
 # Headless rendering (EGL / OSMesa), RealSense's libusb, and Cyclone DDS 0.10 with its IDL compiler and a
@@ -19,13 +21,16 @@ export PYOPENGL_PLATFORM ?= egl
 
 venv: $(STAMP)
 
-# Rebuilt only when the pinned requirements or the package metadata change.
+# Rebuilt only when the pinned requirements or the package metadata change. minari is installed with
+# --no-deps: it declares numpy>=2 but runs on our numpy 1.26 (tests/pandalab/test_export_minari.py);
+# its other needs (typer, h5py, gymnasium) are in requirements.txt.
 $(STAMP): requirements.txt pyproject.toml | sysdeps
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps robosuite==1.5.2
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps minari==0.5.4
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
@@ -35,6 +40,17 @@ $(FRANKY_SIM_STAMP): tools/franky-sim-requirements.txt
 	@test -x $(FRANKY_SIM_VENV)/bin/python || $(PYTHON) -m venv $(FRANKY_SIM_VENV)
 	$(FRANKY_SIM_VENV)/bin/pip install -q --disable-pip-version-check -r tools/franky-sim-requirements.txt
 	@touch $(FRANKY_SIM_STAMP)
+
+# LeRobot 0.4 in its own venv (it pins torch < 2.11 and numpy 2): the LeRobot export test reads the
+# exported datasets there with LeRobot's own LeRobotDataset, as a subprocess. Our local CPU torch
+# first, then the pins, then LeRobot and torchvision with --no-deps (tools/lerobot-requirements.txt).
+$(LEROBOT_STAMP): tools/lerobot-requirements.txt
+	@test -x $(LEROBOT_VENV)/bin/python || $(PYTHON) -m venv $(LEROBOT_VENV)
+	$(LEROBOT_VENV)/bin/pip install -q --disable-pip-version-check torch==2.13.0
+	$(LEROBOT_VENV)/bin/pip install -q --disable-pip-version-check -r tools/lerobot-requirements.txt
+	sed -n 's/^# no-deps: //p' tools/lerobot-requirements.txt | \
+	  xargs $(LEROBOT_VENV)/bin/pip install -q --disable-pip-version-check --no-deps
+	@touch $(LEROBOT_STAMP)
 
 # The franka_ros2 stand-in in C on Debian's Cyclone DDS 0.10 (tests/e2e/test_bridge_ros2.py runs it
 # against the ros2 arm on PyPI's Cyclone 11: the two versions interoperate on ROS 2's wire format).
@@ -66,7 +82,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint $(FRANKY_SIM_STAMP) $(STANDIN_C)
+test: lint $(FRANKY_SIM_STAMP) $(LEROBOT_STAMP) $(STANDIN_C)
 	$(BIN)/python -m pytest -q
 
 # Collect in simulation with the real daemon, train TD3+BC and BC on reach:0, evaluate, print the table.
@@ -79,4 +95,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/sim_throughput.py
 
 clean:
-	rm -rf $(VENV) $(FRANKY_SIM_VENV) $(STANDIN_C_DIR)/build .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FRANKY_SIM_VENV) $(LEROBOT_VENV) $(STANDIN_C_DIR)/build .pytest_cache .ruff_cache

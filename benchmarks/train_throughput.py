@@ -8,7 +8,13 @@ Ours and the reference run in alternating rounds so a busy machine slows both al
 the median over rounds. DrQ+BC (84x84, 3 stacked RGB frames) gets images/s (observations trained on
 per second: batch x updates/s) and the memory per 100K transitions computed from array sizes.
 
+Stacked agents (`learning.stacked`, `pandalab train --seeds`): K agents of one algorithm trained
+as one stack (K = 1, 3, 5 by default) against the same K runs trained one after another, each a
+plain single run: updates/s per agent and in aggregate (agent-updates/s), in alternating rounds
+with the single run; on CPU and on CUDA ("no CUDA here" when there is none).
+
     .venv/bin/python benchmarks/train_throughput.py [--seconds 2] [--rounds 3] [--threads N] [--device cpu]
+        [--stack-sizes 1,3,5] [--stack-algos td3bc,bc] [--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from torch import nn
 
 from benchmarks._cli import run_script
 from learning.algorithms import ObservationSpec, make_algorithm
+from learning.stacked import StackedAlgorithm
 
 OBS_DIM, ACTION_DIM = 14, 7  # 001's proprio observation (q, dq) and joint-velocity action
 DATASET = 100_000
@@ -130,17 +137,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCK = time.perf_counter
+"""What `rate` measures with: wall time, or with ``--clock cpu`` this process's CPU time (updates per
+CPU-second: on a machine that other work shares, the cost of an update whatever the others do; with
+one intra-op thread it is the updates/s of an idle core)."""
+
+
 def rate(step: Callable[[], None], device: torch.device, seconds: float, min_steps: int = 3) -> float:
     """Steps per second of ``step`` over about ``seconds`` (after two warm-up steps)."""
     for _ in range(2):
         step()
     sync(device)
-    n, start = 0, time.perf_counter()
-    while n < min_steps or time.perf_counter() - start < seconds:
+    n, start = 0, CLOCK()
+    while n < min_steps or CLOCK() - start < seconds:
         step()
         n += 1
     sync(device)
-    return n / (time.perf_counter() - start)
+    return n / (CLOCK() - start)
 
 
 def vector_data(device: torch.device) -> dict[str, torch.Tensor]:
@@ -165,6 +178,35 @@ def ours_step(name: str, data: dict[str, torch.Tensor], device: torch.device, co
         algo.update({k: v[idx] for k, v in data.items()})
 
     return step, batch_size
+
+
+STACK_LABELS = {"td3bc": "TD3+BC", "bc": "BC", "iql": "IQL", "bcq": "BCQ"}
+
+
+def stacked_step(name: str, data: dict[str, torch.Tensor], device: torch.device, agents: int):
+    """One update of ``agents`` stacked agents (seeds 0..K-1) on batches drawn by index, (K, B, ...)."""
+    spec = ObservationSpec("vector", (OBS_DIM,), mean=np.zeros(OBS_DIM), std=np.ones(OBS_DIM))
+    algos = []
+    for seed in range(agents):
+        torch.manual_seed(seed)
+        algos.append(make_algorithm(name, {}, spec, ACTION_DIM, device))
+    stack = StackedAlgorithm(algos)
+    batch_size = algos[0].config.batch_size
+
+    def step() -> None:
+        idx = torch.randint(0, DATASET, (agents, batch_size), device=device)
+        stack.update({k: v[idx] for k, v in data.items()})
+
+    return step
+
+
+def stacked_rows(name: str, device: torch.device, sizes: list[int], seconds: float, rounds: int) -> list[tuple]:
+    """(K, stacked updates/s, single-run updates/s) for each stack size K, measured in alternation."""
+    data = vector_data(device)
+    steps = {"single": ours_step(name, data, device)[0]}
+    steps.update({f"K{k}": stacked_step(name, data, device, k) for k in sizes})
+    rates = median_rates(steps, device, seconds, rounds)
+    return [(k, rates[f"K{k}"], rates["single"]) for k in sizes]
 
 
 def reference_step(data: dict[str, torch.Tensor], device: torch.device):
@@ -227,11 +269,34 @@ def drq_rate(device: torch.device, batch_size: int, updates: int) -> float:
 
     step()  # warm-up
     sync(device)
-    start = time.perf_counter()
+    start = CLOCK()
     for _ in range(updates):
         step()
     sync(device)
-    return updates / (time.perf_counter() - start)
+    return updates / (CLOCK() - start)
+
+
+def print_stacked(table: dict[tuple[str, int], dict[str, tuple[float, float]]], threads: int) -> None:
+    print()
+    print(f"K stacked agents against K single runs one after another ({threads} intra-op threads):")
+    head = "{:>8} {:>10} {:>10}".format("per agt", "aggregate", "vs single")
+    print(f"{'algorithm':10} {'agents':>6} | cpu: {head} | cuda: {head}")
+    for (name, k), by_device in table.items():
+        cells = []
+        for dev_name in ("cpu", "cuda"):
+            if dev_name not in by_device:
+                absent = dev_name == "cuda" and not torch.cuda.is_available()
+                cells.append(f"{'no CUDA here' if absent else 'not measured':>30}")
+                continue
+            stacked, single = by_device[dev_name]
+            cells.append(f"{stacked:8.1f} {k * stacked:10.1f} {k * stacked / single:9.2f}x")
+        print(f"{STACK_LABELS[name]:10} {k:6d} | cpu: {cells[0]} | cuda: {cells[1]}")
+    for name in dict.fromkeys(n for n, _ in table):
+        by_device = next(v for (n, _), v in table.items() if n == name)
+        singles = ", ".join(f"{dev} {v[1]:.1f}" for dev, v in by_device.items())
+        print(f"  {STACK_LABELS[name]} single run (plain modules, median of its rounds): {singles} updates/s")
+    print("per agt = updates/s of each agent (stacked updates/s); aggregate = agent-updates/s of the K agents;")
+    print("vs single = aggregate / single run's updates/s (the aggregate of K single runs one after another)")
 
 
 def main() -> None:
@@ -241,16 +306,38 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", action="append", help="cpu and/or cuda (default: cpu, and cuda if present)")
     parser.add_argument("--drq-updates", type=int, default=3, help="timed DrQ+BC updates at batch 256 on CPU")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="measure wall time (default) or this process's CPU time (steadier on a shared machine; CPU only)",
+    )
+    parser.add_argument("--stack-sizes", default="1,3,5", help="numbers of stacked agents K (default 1,3,5)")
+    parser.add_argument(
+        "--stack-algos", default="td3bc,bc", help="algorithms of the stacked comparison (td3bc, bc, iql, bcq)"
+    )
     args = parser.parse_args()
+    sizes = [int(k) for k in args.stack_sizes.split(",")]
+    stack_algos = [a.strip() for a in args.stack_algos.split(",") if a.strip()]
+    if unknown := [a for a in stack_algos if a not in STACK_LABELS]:
+        parser.error(f"--stack-algos: unknown {', '.join(unknown)}; choose from {', '.join(STACK_LABELS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    print(f"torch {torch.__version__}, intra-op threads: {torch.get_num_threads()}")
+    global CLOCK
+    if args.clock == "cpu":
+        CLOCK = time.process_time
+    devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() and args.clock == "wall" else ["cpu"])
+    if args.clock == "cpu" and "cuda" in devices:
+        parser.error("--clock cpu measures CPU time: use it with --device cpu")
+    print(f"torch {torch.__version__}, intra-op threads: {torch.get_num_threads()}, clock: {args.clock}")
     torch.manual_seed(0)
     np.random.seed(0)  # noqa: NPY002 - the reference buffer samples from numpy's global RNG
 
     rows = []
     shares: dict[str, float] = {}  # CPU time share of matrix multiplications, TD3+BC
+    stack_table: dict[tuple[str, int], dict[str, tuple[float, float]]] = {
+        (name, k): {} for name in stack_algos for k in sizes
+    }
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
@@ -273,6 +360,10 @@ def main() -> None:
         for batch_size, updates in drq_batches:
             say(f"{dev_name}: DrQ+BC, {updates} updates at batch {batch_size}...")
             rows.append((dev_name, "DrQ+BC 84x84x9", batch_size, drq_rate(device, batch_size, updates), None))
+        for name in stack_algos:
+            say(f"{dev_name}: {STACK_LABELS[name]}, stacks of {args.stack_sizes} agents and the single run...")
+            for k, stacked, single in stacked_rows(name, device, sizes, args.seconds, args.rounds):
+                stack_table[(name, k)][dev_name] = (stacked, single)
 
     print()
     print(
@@ -289,6 +380,9 @@ def main() -> None:
         print("CPU time of a TD3+BC update inside matrix multiplications (profiler self time, fp32):")
         for name, share in shares.items():
             print(f"  {name:9}  {100 * share:4.0f}%   (removing everything else: at most {1 / share:.2f}x faster)")
+
+    if stack_table:
+        print_stacked(stack_table, torch.get_num_threads())
 
     frame = 84 * 84 * 3
     per_100k = 100_000 * frame

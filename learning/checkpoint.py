@@ -14,6 +14,7 @@ kind, task, data or hyper-parameters) is refused.
 from __future__ import annotations
 
 import io
+import os
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -66,9 +67,15 @@ def identity(config: TrainConfig) -> dict[str, Any]:
 
 
 def make_checkpoint(
-    config: TrainConfig, algo: Algorithm, dataset: OfflineDataset, eval_steps: int, state: RunState
+    config: TrainConfig,
+    algo: Algorithm,
+    dataset: OfflineDataset,
+    eval_steps: int,
+    state: RunState,
+    rng: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint of a run now (the RNG states are read at this call)."""
+    """The checkpoint of a run now (the global RNG states are read at this call unless ``rng`` gives
+    them: a stacked agent saves the states its own run would hold)."""
     spec = dataset.obs_spec
     return {
         "format": CHECKPOINT_FORMAT,
@@ -88,7 +95,7 @@ def make_checkpoint(
         "eval_steps": eval_steps,
         "step": state.step,
         "algorithm": algo.state_dict(),
-        "rng": _rng_state(),
+        "rng": rng_state() if rng is None else rng,
         "sampler": dataset.sampler_state(),
         "history": state.history,
         "best": state.best,
@@ -133,6 +140,40 @@ def check_checkpoint_matches(ckpt: dict[str, Any], config: TrainConfig) -> None:
             )
 
 
+PENDING_SUFFIX = ".pending"
+"""A stacked run writes its agents' checkpoints together: first each as ``checkpoint.pt.pending``,
+then renames them all (`write_checkpoints_together`); `settle_pending_checkpoints` finishes or
+drops a commit that a kill interrupted, so the agents always resume from the same update."""
+
+
+def write_checkpoints_together(checkpoints: list[tuple[Path, dict[str, Any]]]) -> None:
+    """Write several checkpoints so that a kill at any moment leaves either all the old ones or,
+    after `settle_pending_checkpoints`, all the new ones."""
+    for path, ckpt in checkpoints:
+        write_checkpoint(path.with_name(path.name + PENDING_SUFFIX), ckpt)
+    for path, _ in checkpoints:
+        os.replace(path.with_name(path.name + PENDING_SUFFIX), path)
+
+
+def settle_pending_checkpoints(paths: list[Path]) -> None:
+    """Finish (every agent has its new checkpoint, pending or already renamed) or drop (some never
+    got one) the commit of `write_checkpoints_together` that a kill interrupted."""
+    pending = [p.with_name(p.name + PENDING_SUFFIX) for p in paths]
+    if not any(p.is_file() for p in pending):
+        return
+    steps = {int(load_checkpoint(p)["step"]) for p in pending if p.is_file()}
+    complete = len(steps) == 1 and all(
+        p.is_file() or (path.is_file() and int(load_checkpoint(path)["step"]) in steps)
+        for path, p in zip(paths, pending, strict=True)
+    )
+    for path, p in zip(paths, pending, strict=True):
+        if p.is_file():
+            if complete:
+                os.replace(p, path)
+            else:
+                p.unlink()
+
+
 def find_resume_checkpoint(config: TrainConfig, resume: bool | str | Path | None) -> dict[str, Any] | None:
     """The checkpoint a run continues from: ``resume`` if it is a path, else the run directory's own
     (re-running the same command continues the run); None for a fresh run. `TrainError` for
@@ -172,7 +213,8 @@ def obs_spec_from_checkpoint(ckpt: dict[str, Any]) -> ObservationSpec:
     return ObservationSpec(spec["kind"], tuple(spec["shape"]), spec["mean"], spec["std"])
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """The global RNG states (torch, CUDA, numpy, python) as a checkpoint saves them."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}  # noqa: NPY002
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()

@@ -47,6 +47,7 @@ Unif(D).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -522,6 +523,16 @@ class OfflineDataset:
 
     def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
         return self.batch(self.sample_indices(batch_size))
+
+    def with_sampler(self, seed: int) -> OfflineDataset:
+        """A view of this dataset that shares its tensors but samples with its own generator,
+        seeded with ``seed``: it draws the batches a dataset built with that seed draws (the agents
+        of a stacked run, `learning.stacked_trainer`, each sample through one). `scale_rewards` on a
+        view scales its own copy of the rewards."""
+        view = copy.copy(self)
+        view.generator = torch.Generator(device=self.device)
+        view.generator.manual_seed(int(seed))
+        return view
 
     def sampler_state(self) -> torch.Tensor:
         return self.generator.get_state()

@@ -49,11 +49,11 @@ EVAL_METRICS = ("success_rate", "return_mean", "closest_distance_mean_m", "final
 
 
 class Trainer:
-    """Builds the dataset, the algorithm and (if evaluating) the environment of a `TrainConfig`."""
+    """Builds the dataset, the algorithm and (if evaluating) the environment of a `TrainConfig`.
+    Given ``dataset`` (the data and task of ``config``, already read: the agents of a stacked run,
+    `learning.stacked_trainer`, share one), it samples through a view of it with its own sampler."""
 
-    def __init__(self, config: TrainConfig, resume: bool | str | Path | None = None) -> None:
-        from learning.dataset import OfflineDataset
-
+    def __init__(self, config: TrainConfig, resume: bool | str | Path | None = None, dataset=None) -> None:
         self.config = config
         self.run_dir = config.run_dir()
         self.device = resolve_device(config.device)
@@ -64,23 +64,11 @@ class Trainer:
         if config.deterministic and self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         self._seed_everything(config.seed)
-        n_step, gamma, self.batch_size = learning_defaults(config)
-        self.dataset = OfflineDataset(
-            config.data,
-            config.task,
-            config.obs,
-            n_step=n_step,
-            gamma=gamma,
-            camera=config.camera,
-            frame_stack=config.frame_stack,
-            upsample_alpha=config.upsample_alpha,
-            terminal_on_success=config.terminal_on_success,
-            device=self.device,
-            image_cache=config.image_cache,
-            cache_dir=config.cache_dir,
-            seed=config.seed,
-            progress=StageLog(config.progress),
-        )
+        self.batch_size = learning_defaults(config)[2]
+        if dataset is not None:
+            self.dataset = dataset.with_sampler(config.seed)
+        else:
+            self.dataset = load_dataset(config, self.device)
         self.dataset.scale_rewards(config.reward_scale or default_reward_scale(self.dataset.episode_returns()))
         self.algo = build_algorithm(config.algo, dict(config.algo_config), self.dataset.obs_spec, 7, self.device)
         self.step = 0
@@ -127,7 +115,7 @@ class Trainer:
                 last = self.step == config.updates
                 info = None
                 if self.step % config.log_every == 0 or last:
-                    info = self._log_window(metrics, clock, sums, count)
+                    info = self._log_window(metrics, clock.window(), sums, count)
                     sums, count = {}, 0
                 progress.update(self.step, clock.training(), info, force=last)
                 if config.eval_episodes > 0 and ((config.eval_every and self.step % config.eval_every == 0) or last):
@@ -159,9 +147,9 @@ class Trainer:
         for advice in self.algo.run_advice(self.config.updates):
             print(f"warning: {advice}", file=sys.stderr)
 
-    def _log_window(self, metrics: MetricsLog, clock: LoopClock, sums: dict[str, float], count: int) -> str:
-        """Log the mean losses and the updates/s of the window that ends now; the progress text."""
-        seconds = clock.window()
+    def _log_window(self, metrics: MetricsLog, seconds: float, sums: dict[str, float], count: int) -> str:
+        """Log the mean losses and the updates/s of the window that ends now (``seconds`` of
+        training); the progress text."""
         for k, v in sums.items():
             metrics.log(self.step, f"train/{k}", v / count)
         metrics.log(self.step, "train/updates_per_s", count / max(seconds, 1e-9))
@@ -185,11 +173,14 @@ class Trainer:
     # -- checkpoints
 
     def save_checkpoint(self) -> Path:
-        state = RunState(self.step, self.history, self.best, self.train_seconds, self.eval_seconds)
-        ckpt = make_checkpoint(self.config, self.algo, self.dataset, self.eval_steps, state)
-        path = write_checkpoint(self.run_dir / "checkpoint.pt", ckpt)
+        path = write_checkpoint(self.run_dir / "checkpoint.pt", self.checkpoint())
         self.saved_step = self.step
         return path
+
+    def checkpoint(self, rng: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The run's checkpoint now (`learning.checkpoint.make_checkpoint`)."""
+        state = RunState(self.step, self.history, self.best, self.train_seconds, self.eval_seconds)
+        return make_checkpoint(self.config, self.algo, self.dataset, self.eval_steps, state, rng)
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         state = restore_checkpoint(ckpt, self.algo, self.dataset)
@@ -267,6 +258,30 @@ class Trainer:
             "tensorboard": str(self.run_dir / "tb"),
             "metrics_csv": str(self.run_dir / "metrics.csv"),
         }
+
+
+def load_dataset(config: TrainConfig, device: torch.device):
+    """The `learning.dataset.OfflineDataset` of a run: its data relabelled for its task, on ``device``,
+    sampled with a generator seeded with its seed; rewards not yet scaled."""
+    from learning.dataset import OfflineDataset
+
+    n_step, gamma, _ = learning_defaults(config)
+    return OfflineDataset(
+        config.data,
+        config.task,
+        config.obs,
+        n_step=n_step,
+        gamma=gamma,
+        camera=config.camera,
+        frame_stack=config.frame_stack,
+        upsample_alpha=config.upsample_alpha,
+        terminal_on_success=config.terminal_on_success,
+        device=device,
+        image_cache=config.image_cache,
+        cache_dir=config.cache_dir,
+        seed=config.seed,
+        progress=StageLog(config.progress),
+    )
 
 
 def train(config: TrainConfig, resume: bool | str | Path | None = None) -> dict[str, Any]:

@@ -27,7 +27,13 @@ Parts
   `td3_actor_due` (the delayed actor / target update schedule).
 
 Randomness: every random draw takes an explicit `torch.Generator` (or the global one when None),
-so an algorithm that stores its generator resumes exactly.
+so an algorithm that stores its generator resumes exactly.  `randn` also takes a list of
+generators, one per agent of a stack (learning/stacked.py trains K agents with stacked parameters):
+each agent's slice is then drawn from its own generator, as in its own run.
+
+Shapes: every part works on inputs with leading dimensions before the batch (features and actions
+on the last axis; `td3_critic_loss` averages over the last axis only), so the same code runs one
+agent on (B, D) and K stacked agents on (K, B, D).
 """
 
 from __future__ import annotations
@@ -36,7 +42,6 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -50,6 +55,7 @@ __all__ = [
     "gaussian_kl",
     "mlp",
     "orthogonal_init",
+    "randn",
     "random_shift",
     "soft_update",
     "straight_through_clamp",
@@ -272,9 +278,25 @@ def straight_through_clamp(x: torch.Tensor, low: float = -1.0, high: float = 1.0
     return x - x.detach() + x.detach().clamp(low + eps, high - eps)
 
 
+def randn(
+    shape: Sequence[int],
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Standard normal draws of ``shape`` from ``generator``.  With a list of K generators (K
+    stacked agents) ``shape`` is (K, ...) and slice k is drawn from generator k alone, exactly the
+    draw of ``randn(shape[1:], generator_k)``: an agent's noise does not depend on its stack."""
+    if isinstance(generator, list):
+        if shape[0] != len(generator):
+            raise ValueError(f"{len(generator)} generators for a leading dimension of {shape[0]}")
+        return torch.stack([torch.randn(tuple(shape[1:]), device=device, generator=g) for g in generator])
+    return torch.randn(tuple(shape), device=device, generator=generator)
+
+
 def gaussian_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Mean over elements of KL(N(mean, std) || N(0, 1)) as BCQ's code writes it."""
-    return -0.5 * (1 + torch.log(std.pow(2)) - mean.pow(2) - std.pow(2)).mean()
+    """Mean over elements of KL(N(mean, std) || N(0, 1)) as BCQ's code writes it, over the last two
+    axes (batch, latent): one value per agent of a stack."""
+    return -0.5 * (1 + torch.log(std.pow(2)) - mean.pow(2) - std.pow(2)).mean((-2, -1))
 
 
 # ---- TD3 (Fujimoto et al. 2018), shared by learning/algorithms/td3bc.py and collector/explorers/rnd.py
@@ -289,21 +311,23 @@ def td3_target(
     discount: torch.Tensor,
     policy_noise: float,
     noise_clip: float,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """TD3's critic target: r + discount * min(Q1', Q2')(s', a'), a' = clip(pi'(s') + clip(eps,
     -noise_clip, noise_clip), -1, 1), eps ~ N(0, policy_noise^2) (target policy smoothing with
     actions in [-1, 1]; clipped double-Q).  ``discount`` is gamma (times 1 - done)."""
     next_action = actor_target(next_obs)
-    noise = torch.randn(next_action.shape, device=next_action.device, generator=generator) * policy_noise
+    noise = randn(next_action.shape, generator, next_action.device) * policy_noise
     next_action = (next_action + noise.clamp(-noise_clip, noise_clip)).clamp(-1.0, 1.0)
     target_q = torch.min(*critic_target(next_obs, next_action))
     return reward + discount * target_q
 
 
 def td3_critic_loss(q: tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-    """Sum of both critics' mean squared errors to the (detached) target."""
-    return F.mse_loss(q[0], target) + F.mse_loss(q[1], target)
+    """Sum of both critics' mean squared errors to the (detached) target, averaged over the batch
+    (the last axis): a scalar for (B,) values, one loss per agent for stacked (K, B) values (bit for
+    bit what ``F.mse_loss`` gives on (B,))."""
+    return (q[0] - target).pow(2).mean(-1) + (q[1] - target).pow(2).mean(-1)
 
 
 def td3_policy_q(actor: nn.Module, critic: nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ starting one never loads the others (DESIGN.md: collecting never loads the train
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -191,7 +192,8 @@ CTL_COMMANDS = {
     "watch": (
         "stream telemetry, one JSON line per update, until Ctrl-C",
         "Subscribe to the collector's telemetry (the same fields as status, a few times per second) and print "
-        "each update as one JSON line until Ctrl-C (exit 0). Exit 1 when nothing arrives within --timeout.",
+        "each update as one JSON line until Ctrl-C (exit 0). Exit 1 when nothing arrives within --timeout. "
+        "With --rerun: into a Rerun viewer instead (spawned, or the one at --connect), or an .rrd file (--save).",
     ),
     "pause": (
         "stop the arm and hold it mid-episode until resume",
@@ -230,13 +232,35 @@ def _add_ctl(subparsers: argparse._SubParsersAction) -> None:
         help="control address (default tcp://127.0.0.1:5555); for watch: the telemetry address "
         "(default tcp://127.0.0.1:5556)",
     )
+    addresses.add_argument(
+        "--fleet",
+        metavar="STATE",
+        help="every worker of a `pandalab fleet`: its state file (<data_root>/<session>.fleet.json) or the data "
+        "root (its newest fleet); not for watch",
+    )
     where.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer (default 3)")
     ctl_sub = ctl.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (summary, description) in CTL_COMMANDS.items():
         command = ctl_sub.add_parser(name, parents=[where], help=summary, description=description)
         if name not in ("status", "watch"):
             command.add_argument("--reason", default="", help="reason logged with the command (events.jsonl)")
+        if name == "watch":
+            _add_watch_rerun(command)
     ctl.set_defaults(handler=_run_ctl)
+
+
+def _add_watch_rerun(watch: argparse.ArgumentParser) -> None:
+    """`ctl watch --rerun [--connect ADDR | --save FILE.rrd]` (pandalab/view.py)."""
+    watch.add_argument("--rerun", action="store_true", help="stream the telemetry into Rerun (spawns the viewer)")
+    sink = watch.add_mutually_exclusive_group()
+    sink.add_argument(
+        "--connect",
+        metavar="ADDR",
+        help="with --rerun: a running viewer instead: HOST:PORT (`rerun` listens on 127.0.0.1:9876) "
+        "or a rerun+http:// URL",
+    )
+    sink.add_argument("--save", metavar="FILE.rrd", help="with --rerun: write an .rrd file instead (headless machines)")
+    watch.add_argument("--count", type=int, help=argparse.SUPPRESS)  # stop after N messages (tests)
 
 
 def _run_ctl(args: argparse.Namespace) -> int:
@@ -244,6 +268,10 @@ def _run_ctl(args: argparse.Namespace) -> int:
 
     from collector.control import send_request, subscribe_telemetry
 
+    if args.fleet:
+        from pandalab.fleet import run_fleet_ctl
+
+        return run_fleet_ctl(args)
     if args.config:
         config = _load_config_or_exit(args.config)
         control, telemetry = config.control_address, config.telemetry_address
@@ -258,6 +286,10 @@ def _run_ctl(args: argparse.Namespace) -> int:
             print(f"pandalab ctl: --address {error}", file=sys.stderr)
             return EXIT_CONFIG
     try:
+        if args.command == "watch" and (args.rerun or args.connect or args.save):
+            from pandalab.view import watch
+
+            return watch(telemetry, args.timeout, args.save, args.connect, args.count)
         if args.command == "watch":
             while True:
                 print(json.dumps(subscribe_telemetry(telemetry, args.timeout)), flush=True)
@@ -271,6 +303,36 @@ def _run_ctl(args: argparse.Namespace) -> int:
         return 0
     print(json.dumps(reply, indent=2))
     return 0 if reply.get("ok") else 1
+
+
+def _add_fleet(subparsers: argparse._SubParsersAction) -> None:
+    fleet = subparsers.add_parser(
+        "fleet",
+        help="run N simulated collectors at once as Ray actors (a local Ray, or a cluster at --address)",
+        description="Run N simulated collectors, each its own session of the config (<session_id>_w<k>, seed + k, "
+        "its own control and telemetry addresses) under the config's data_root, as Ray actors; a worker whose "
+        "process dies is restarted and its session resumes. Operate them all with `pandalab ctl ... --fleet "
+        "<data_root>/<session_id>.fleet.json`. Ctrl-C: every worker finishes its episode and stops.",
+    )
+    fleet.add_argument("--config", required=True, help="session YAML file (a simulated backend)")
+    fleet.add_argument("--workers", type=int, required=True, help="collectors to run")
+    fleet.add_argument("--address", help="a Ray cluster (auto, HOST:PORT or ray://HOST:PORT); default: a local Ray")
+    fleet.add_argument(
+        "--max-restarts", type=int, default=3, help="restarts per worker after its process died (default 3)"
+    )
+    fleet.add_argument("--cpus-per-worker", type=float, default=1.0, help="Ray CPUs reserved per worker (default 1)")
+    fleet.add_argument(
+        "--report-every", type=float, default=10.0, help="seconds between progress lines (default 10; 0: none)"
+    )
+    fleet.set_defaults(handler=_run_fleet)
+
+
+def _run_fleet(args: argparse.Namespace) -> int:
+    from pandalab.fleet import run_fleet
+
+    return run_fleet(
+        args.config, args.workers, args.address, args.max_restarts, args.cpus_per_worker, args.report_every
+    )
 
 
 def _add_data(subparsers: argparse._SubParsersAction) -> None:
@@ -290,20 +352,42 @@ def _add_data(subparsers: argparse._SubParsersAction) -> None:
     coverage = data_sub.add_parser("coverage", help="PNG of tool-tip and cube positions (seed 003 Fig. 5)")
     coverage.add_argument("paths", nargs="+", help="session directories or data roots")
     coverage.add_argument("--out", default="coverage.png", help="PNG to write (default coverage.png)")
+    view = data_sub.add_parser(
+        "view",
+        help="show episodes in Rerun: cameras, joint series, tool-tip path, cube pose, safety events",
+        description="Show one episode (or every readable one) of a session in Rerun (rerun-sdk), on the recorded "
+        "time line: camera images, q, dq, command and action as time series, the tool-tip path in 3-D, the cube "
+        "pose (simulation), and the session's safety events as markers (pandalab/view.py lists the entities). "
+        "Spawns the Rerun viewer, or with --save writes an .rrd file instead (headless machines; open it with "
+        "`rerun FILE.rrd`). A damaged episode is skipped with a warning.",
+    )
+    view.add_argument("session", help="session directory")
+    view.add_argument("--episode", type=int, help="episode index (default: every readable episode)")
+    view.add_argument("--save", metavar="FILE.rrd", help="write a Rerun recording to FILE.rrd instead of a viewer")
     export = data_sub.add_parser(
         "export",
-        help="write a session in another format: rosbag2 (ROS 2 bag, MCAP or SQLite 3)",
+        help="write a session in another format: rosbag2 (ROS 2 bag), lerobot (LeRobotDataset v3.0), minari",
         description="Write one session's episodes in another tool's format. rosbag2: joint states, commands, "
         "tool tip and camera images as standard ROS 2 messages stamped with the recorded times "
-        "(pandalab/exports/rosbag2.py lists the topics). A damaged episode is skipped with a warning; "
-        "an existing output is never overwritten.",
+        "(pandalab/exports/rosbag2.py lists the topics). lerobot: a LeRobotDataset v3.0 (Parquet + mp4; "
+        "pandalab/exports/lerobot.py lists the features). minari: a Minari dataset for one --task, rewards "
+        "relabelled as for training, with the evaluation environment (pandalab/exports/minari.py). "
+        "A damaged episode is skipped with a warning; an existing output is never overwritten.",
     )
     export.add_argument("session", help="session directory")
     from pandalab.exports import EXPORTS  # the registry only: each format's module loads when it runs
 
     export.add_argument("--to", required=True, help=f"format: {', '.join(EXPORTS)}")
     export.add_argument("--storage", help="rosbag2 storage: mcap (default) or sqlite3")
-    export.add_argument("--out", help="output path (default: <session>/../<session name>.<format>)")
+    export.add_argument("--task", help="minari: the task the rewards are relabelled for (reach:0, push, flip:red, ...)")
+    export.add_argument(
+        "--dataset-id", help="minari: the dataset id, (namespace/)name-vN (default pandalab/<session>-<task>-v0)"
+    )
+    export.add_argument(
+        "--out",
+        help="output path (default: <session>/../<session name>.<format>); minari: the Minari datasets root the "
+        "dataset goes into as <root>/<dataset id> (default $MINARI_DATASETS_PATH, else ~/.minari/datasets)",
+    )
     data.set_defaults(handler=_run_data)
 
 
@@ -311,15 +395,30 @@ def _run_data(args: argparse.Namespace) -> int:
     if args.data_command == "export":  # before pandalab.data: an export loads only its own format
         from pandalab.exports import ExportError, export_session
 
-        options = {"storage": args.storage} if args.storage is not None else {}
+        given = {"storage": args.storage, "task": args.task, "dataset_id": args.dataset_id}
+        options = {name: value for name, value in given.items() if value is not None}
+        out = args.out
+        if args.to == "minari":  # --out is Minari's datasets root; the dataset is <root>/<dataset id>
+            from pandalab.exports.minari import cli_out
+
+            out, options["dataset_id"] = cli_out(args.session, args.out, args.task, args.dataset_id)
         try:
             result = export_session(
-                args.session, args.to, args.out, warn=lambda line: print(f"warning: {line}", file=sys.stderr), **options
+                args.session, args.to, out, warn=lambda line: print(f"warning: {line}", file=sys.stderr), **options
             )
         except ExportError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
         print(result.summary())
+        return 0
+    if args.data_command == "view":  # before pandalab.data: viewing loads only rerun and the store
+        from pandalab.view import ViewError, view
+
+        try:
+            print(view(args.session, args.episode, args.save))
+        except ViewError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         return 0
     from pandalab import data as datatools
 
@@ -362,9 +461,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "continues from the last checkpoint.",
     )
     train.add_argument("--data", nargs="+", required=True, help="session directories or data roots")
-    train.add_argument(
-        "--task", default="reach:0", help="reach:K, push, flip:COLOUR, push+flip:COLOUR (default reach:0)"
-    )
+    train.add_argument("--task", help="reach:K, push, flip:COLOUR, push+flip:COLOUR (default reach:0)")
     train.add_argument("--obs", default="proprio", choices=["proprio", "proprio+object", "image"])
     train.add_argument("--algo", default="td3bc", help="td3bc (default), bcq, drqbc, iql, cql or bc")
     train.add_argument(
@@ -374,7 +471,11 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         help="gradient updates in total (default 100000; a resumed run continues to this)",
     )
     train.add_argument("--steps", type=int, dest="updates", action=_Renamed, new="--updates")
-    train.add_argument("--out", help="run directory (default runs/<algo>_<task>_<obs>_<seed>)")
+    train.add_argument(
+        "--out",
+        help="run directory (default runs/<algo>_<task>_<obs>_<seed>); with --seeds/--tasks the folder of the "
+        "agents' run directories",
+    )
     train.add_argument(
         "--resume", nargs="?", const=True, default=None, help="continue from the run's checkpoint (or this one)"
     )
@@ -387,6 +488,14 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--checkpoint-every", type=int, help="updates between checkpoints (default 5000)")
     train.add_argument("--seed", type=int, help="seed (default 0)")
+    train.add_argument(
+        "--seeds",
+        help="train several seeds at once, stacked in one process, e.g. 0,1,2,3,4 (td3bc, bc, iql, bcq on "
+        "proprio observations; one run directory per seed, as --seed names it, or under --out)",
+    )
+    train.add_argument(
+        "--tasks", help="train several relabelled tasks of the same data at once, stacked, e.g. reach:0,reach:1"
+    )
     train.add_argument("--device", default="auto", help=DEVICE_HELP)
     train.add_argument("--batch-size", type=int, help="batch size (default: the algorithm's)")
     train.add_argument("--threads", type=int, help="torch CPU threads")
@@ -513,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(subparsers)
     _add_demo(subparsers)
     _add_bridge(subparsers)
+    _add_fleet(subparsers)
     return parser
 
 
@@ -527,6 +637,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped (`| head`): not an error of ours
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # the interpreter flushes stdout at exit: quietly
+        return 141
     except Exception as error:  # the last resort: one line for the operator, the traceback kept
         import tempfile
         import traceback

@@ -1,6 +1,8 @@
-"""The glue of `pandalab train` and `pandalab eval`: arguments to a `TrainConfig`, one-line errors,
-Ctrl-C text naming the last checkpoint and the command that resumes, per-episode progress of an
-evaluation.  The training loop, its checkpoints and evaluation live in `learning`."""
+"""The glue of `pandalab train` and `pandalab eval`: arguments to a `TrainConfig` (or, with
+``--seeds`` / ``--tasks``, to the configs of a stack of agents trained in one process,
+`learning.stacked_trainer`), one-line errors, Ctrl-C text naming the last checkpoint and the
+command that resumes, per-episode progress of an evaluation.  The training loop, its checkpoints
+and evaluation live in `learning`."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pydantic import ValidationError
 
 from learning.evaluate import evaluate_checkpoint
 from learning.progress import summary_text
+from learning.stacked import MAX_AGENTS
 from learning.train_config import TrainConfig, TrainError
 from learning.trainer import Trainer
 from pandalab.cli import command_line
@@ -21,6 +24,8 @@ from store import atomic_write_text
 
 
 def config_from_args(args) -> TrainConfig:
+    if args.task is not None:
+        _check_task("--task", args.task)
     fields = {
         "data": args.data,
         "task": args.task,
@@ -44,6 +49,55 @@ def config_from_args(args) -> TrainConfig:
     if args.algo_config:
         fields["algo_config"] = json.loads(args.algo_config)
     return TrainConfig(**{k: v for k, v in fields.items() if v is not None})
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2``: distinct whole numbers; `TrainError` naming the problem."""
+    items = [t.strip() for t in text.split(",")]
+    if not all(t.isdigit() for t in items):
+        raise TrainError(f"--seeds takes whole numbers >= 0 separated by commas, e.g. 0,1,2; not {text!r}")
+    return _distinct("--seeds", [int(t) for t in items])
+
+
+def parse_tasks(text: str) -> list[str]:
+    """``--tasks reach:0,reach:1``: distinct known task names; `TrainError` naming the problem."""
+    tasks = [t.strip() for t in text.split(",")]
+    for task in tasks:
+        _check_task("--tasks", task)
+    return _distinct("--tasks", tasks)
+
+
+def _check_task(option: str, task: str) -> None:
+    from sim.tasks import make_task
+
+    try:
+        make_task(task)
+    except ValueError as error:
+        raise TrainError(f"{option}: {error}") from None
+
+
+def _distinct(option: str, values: list) -> list:
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise TrainError(f"{option}: {', '.join(repeated)} given twice")
+    if len(values) > MAX_AGENTS:
+        raise TrainError(f"{option}: {len(values)} given; at most {MAX_AGENTS} agents train stacked in one process")
+    return values
+
+
+def configs_from_args(args) -> list[TrainConfig] | None:
+    """The agents' configs of a stacked run (``--seeds`` and/or ``--tasks``), or None for a single run."""
+    from learning.stacked_trainer import agent_configs
+
+    seeds, tasks = getattr(args, "seeds", None), getattr(args, "tasks", None)
+    if seeds is None and tasks is None:
+        return None
+    if seeds is not None and args.seed is not None:
+        raise TrainError("give --seed or --seeds, not both")
+    if tasks is not None and args.task is not None:
+        raise TrainError("give --task or --tasks, not both")
+    base = config_from_args(args)
+    return agent_configs(base, parse_seeds(seeds) if seeds else None, parse_tasks(tasks) if tasks else None)
 
 
 def _same_command(args) -> str:
@@ -70,14 +124,34 @@ def interrupted_text(config: TrainConfig | None, trainer: Trainer | None, comman
     return f"pandalab train: {where}; {saved}; {again}: {command}"
 
 
+def stacked_interrupted_text(configs: list[TrainConfig] | None, trainer, command: str) -> str:
+    """One line after Ctrl-C of a stacked run: where it stopped, its agents' last checkpoints, how to continue."""
+    if configs is None:
+        return "pandalab train: interrupted before it started"
+    dirs = ", ".join(str(c.run_dir()) for c in configs)
+    saved_step = getattr(trainer, "saved_step", None)
+    if trainer is None or trainer.stack is None:
+        where, saved = "interrupted while loading the data", f"run directories {dirs}"
+    elif saved_step is not None:
+        where, saved = f"interrupted at update {trainer.step}", f"last checkpoints (update {saved_step}) in {dirs}"
+    else:
+        first = configs[0].checkpoint_every
+        where, saved = f"interrupted at update {trainer.step}", f"no checkpoint yet (the first comes at update {first})"
+    again = "resume with" if any((c.run_dir() / "checkpoint.pt").is_file() for c in configs) else "start again with"
+    return f"pandalab train: {where}; {saved}; {again}: {command}"
+
+
 def main_train(args) -> int:
     """`pandalab train`: exit 2 with a clear message on bad data, config or checkpoint; 130 with one
     line (the last checkpoint, the command that resumes) on Ctrl-C."""
     from learning.dataset import DatasetError
     from learning.relabel import PrivilegedStateMissing
 
-    config = trainer = None
+    config = trainer = configs = None
     try:
+        configs = configs_from_args(args)
+        if configs is not None:
+            return _train_stacked(configs, args)
         config = config_from_args(args)
         trainer = Trainer(config, resume=args.resume)
         report = trainer.run()
@@ -95,6 +169,52 @@ def main_train(args) -> int:
         return 2
     print(summary_text(report))
     return 0
+
+
+def _train_stacked(configs: list[TrainConfig], args) -> int:
+    """`pandalab train --seeds/--tasks`: the agents trained as one stack; a summary per agent."""
+    from learning.stacked_trainer import StackedTrainer
+
+    trainer = None
+    try:
+        trainer = StackedTrainer(configs, resume=args.resume)
+        reports = trainer.run()
+    except KeyboardInterrupt:
+        print(stacked_interrupted_text(configs, trainer, _same_command(args)), file=sys.stderr)
+        return 130
+    print(stacked_summary_text(reports))
+    return 0
+
+
+def stacked_summary_text(reports: list[dict[str, Any]]) -> str:
+    """A stacked run in a few lines: training, then each agent's last evaluation (its report.json
+    and `pandalab eval --checkpoint DIR` tell the rest)."""
+    first = reports[0]
+    rate, total = first.get("updates_per_s"), first["stacked"]["aggregate_updates_per_s"]
+    speed = f", {rate:.0f} upd/s per agent, {total:.0f} in all" if rate else ""
+    lines = [
+        f"stacked    {len(reports)} {first['algo']} agents, {first['updates']} updates each on {first['device']}, "
+        f"batch {first['batch_size']}: {first['train_seconds']:.1f} s of training{speed}",
+        f"{'run directory':44}{'success':>9}{'return':>10}{'closest m':>11}{'final m':>9}   (last evaluation)",
+    ]
+    for report in reports:
+        last = report["last"] or {}
+        cells = [
+            _cell(last.get(key), digits, width)
+            for key, digits, width in (
+                ("success_rate", 2, 9),
+                ("return_mean", 1, 10),
+                ("closest_distance_mean_m", 3, 11),
+                ("final_distance_mean_m", 3, 9),
+            )
+        ]
+        lines.append(f"{report['run_dir']:44}" + "".join(cells))
+    lines.append("reports    report.json in each run directory; `pandalab eval --checkpoint DIR` scores one")
+    return "\n".join(lines)
+
+
+def _cell(value: float | None, digits: int, width: int) -> str:
+    return f"{'-' if value is None else f'{value:.{digits}f}':>{width}}"
 
 
 def main_eval(args) -> int:

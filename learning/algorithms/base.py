@@ -51,6 +51,10 @@ class Algorithm(abc.ABC):
     config_class: type[AlgorithmConfig] = AlgorithmConfig
     #: observation kinds the algorithm's networks take; any other is refused at construction.
     observation_kinds: tuple[str, ...] = ("vector", "image")
+    #: observation kinds on which K agents can train stacked in one process (`learning.stacked`):
+    #: the update must then be written for tensors with a leading agent axis (losses averaged over
+    #: the batch axis only, summed before ``backward``; noise drawn with `nets.randn`).
+    stackable: tuple[str, ...] = ()
 
     def __init__(
         self, config: AlgorithmConfig, observation: ObservationSpec, action_dim: int, device: torch.device | str

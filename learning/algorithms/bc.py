@@ -8,6 +8,8 @@ algorithms, trained by MSE to the dataset actions.
   here the encoder IS trained, by the BC loss.
 Deviation: the authors' image BC regresses a noise-perturbed sample of the DrQ actor; plain BC
 regresses the actor's deterministic output (no noise schedule to tune).
+On vectors K agents train stacked in one process (`learning.stacked`): the loss is a mean over
+the batch that keeps a leading agent axis.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -41,6 +42,7 @@ class BC(Algorithm):
     name = "bc"
     config_class = BCConfig
     observation_kinds = ("vector", "image")
+    stackable = ("vector",)
 
     def __init__(self, config: BCConfig, observation: ObservationSpec, action_dim: int, device) -> None:
         super().__init__(config, observation, action_dim, device)
@@ -67,11 +69,11 @@ class BC(Algorithm):
         obs = batch["obs"]
         if self._image:
             obs = random_shift(obs, self.config.augment_pad, self.generator)
-        loss = F.mse_loss(self.actor(self.encoder(obs)), batch["action"])
+        loss = (self.actor(self.encoder(obs)) - batch["action"]).pow(2).mean((-2, -1))
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.sum().backward()
         self.opt.step()
-        return {"bc_loss": loss.item()}
+        return {"bc_loss": loss.tolist()}
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:

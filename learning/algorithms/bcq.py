@@ -10,6 +10,8 @@ actions, perturb, take the argmax of Q1.
 
 Deviation: observations are normalised by the dataset mean/std (the authors used raw states;
 joint angles and velocities differ in scale); `normalize_observations=False` restores it.
+K agents train stacked in one process (`learning.stacked`): every loss is a mean over the batch
+axis that keeps a leading agent axis, and the noise comes from `nets.randn`.
 """
 
 from __future__ import annotations
@@ -19,12 +21,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from learning.algorithms.base import Algorithm, AlgorithmConfig, ObservationSpec
-from nets import Normalizer, TwinQ, frozen, gaussian_kl, mlp, soft_update
+from nets import Normalizer, TwinQ, frozen, gaussian_kl, mlp, randn, soft_update, td3_critic_loss
 
 
 class BCQConfig(AlgorithmConfig):
@@ -60,7 +61,7 @@ class VAE(nn.Module):
     def forward(self, obs, action, generator):
         h = self.encoder(torch.cat([obs, action], dim=-1))
         mean, std = self.mean(h), self.log_std(h).clamp(-4, 15).exp()  # clamped as in the authors' code
-        z = mean + std * torch.randn(std.shape, device=std.device, generator=generator)
+        z = mean + std * randn(std.shape, generator, std.device)
         return self.decode(obs, z), mean, std
 
     def decode(self, obs, z):
@@ -82,6 +83,7 @@ class BCQ(Algorithm):
     name = "bcq"
     config_class = BCQConfig
     observation_kinds = ("vector",)
+    stackable = ("vector",)
 
     def __init__(self, config: BCQConfig, observation: ObservationSpec, action_dim: int, device) -> None:
         super().__init__(config, observation, action_dim, device)
@@ -101,7 +103,7 @@ class BCQ(Algorithm):
     def _sample_actions(self, obs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """VAE-decoded actions with the latent drawn from N(0, 1) clipped to [-latent_clip, latent_clip]."""
         clip = self.config.latent_clip
-        z = torch.randn((obs.shape[0], self.vae.latent_dim), device=self.device, generator=generator)
+        z = randn((*obs.shape[:-1], self.vae.latent_dim), generator, self.device)
         return self.vae.decode(obs, z.clamp(-clip, clip))
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -110,36 +112,36 @@ class BCQ(Algorithm):
         obs, next_obs, action = self.normalizer(batch["obs"]), self.normalizer(batch["next_obs"]), batch["action"]
         # (1) VAE
         recon, mean, std = self.vae(obs, action, self.generator)
-        recon_loss, kl_loss = F.mse_loss(recon, action), gaussian_kl(mean, std)
+        recon_loss, kl_loss = (recon - action).pow(2).mean((-2, -1)), gaussian_kl(mean, std)
         vae_loss = recon_loss + c.kl_weight * kl_loss
         self.vae_opt.zero_grad(set_to_none=True)
-        vae_loss.backward()
+        vae_loss.sum().backward()
         self.vae_opt.step()
         # (2) critics
         with torch.no_grad():
-            next_rep = torch.repeat_interleave(next_obs, c.n_target_samples, 0)
+            next_rep = torch.repeat_interleave(next_obs, c.n_target_samples, -2)
             next_action = self.actor_target(next_rep, self._sample_actions(next_rep, self.generator))
             tq1, tq2 = self.critic_target(next_rep, next_action)
             target_q = c.lmbda * torch.min(tq1, tq2) + (1.0 - c.lmbda) * torch.max(tq1, tq2)
-            target_q = target_q.reshape(-1, c.n_target_samples).max(dim=1).values
+            target_q = target_q.unflatten(-1, (-1, c.n_target_samples)).max(dim=-1).values
             target_q = batch["reward"] + batch["discount"] * target_q
         q1, q2 = self.critic(obs, action)
-        critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+        critic_loss = td3_critic_loss((q1, q2), target_q)  # mean (Q1 - y)^2 + mean (Q2 - y)^2, as TD3's
         self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        critic_loss.sum().backward()
         self.critic_opt.step()
         # (3) perturbation actor, through the DPG of Q1
         with torch.no_grad():
             sampled = self._sample_actions(obs, self.generator)
         with frozen(self.critic):
-            actor_loss = -self.critic.q1(obs, self.actor(obs, sampled)).mean()
+            actor_loss = -self.critic.q1(obs, self.actor(obs, sampled)).mean(-1)
         self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
+        actor_loss.sum().backward()
         self.actor_opt.step()
         # (4) targets
         soft_update(self.critic_target, self.critic, c.tau)
         soft_update(self.actor_target, self.actor, c.tau)
-        values = torch.stack([critic_loss, actor_loss, vae_loss, recon_loss, kl_loss, q1.mean()]).detach()
+        values = torch.stack([critic_loss, actor_loss, vae_loss, recon_loss, kl_loss, q1.mean(-1)]).detach()
         keys = ("critic_loss", "actor_loss", "vae_loss", "recon_loss", "kl_loss", "q_mean")
         return dict(zip(keys, values.tolist(), strict=True))
 

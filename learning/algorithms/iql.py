@@ -39,6 +39,9 @@ net, see detached features; features of next_obs without gradient); actor, criti
 have their own DrQ-v2 trunk (Linear -> 50, LayerNorm, tanh) and, by default, 1024-wide MLPs with
 orthogonal initialisation; the target critic shares the online encoder, as DrQ-v2's does.
 
+On vectors K agents train stacked in one process (`learning.stacked`): every loss is a mean over
+the batch axis that keeps a leading agent axis.
+
 Deviations: PyTorch's default initialisation on vectors (CORL's; the authors' code uses orthogonal
 kernels); no policy dropout (Table 4 uses 0.1 only for its binary manipulation tasks).
 """
@@ -138,14 +141,15 @@ class ValueNet(nn.Module):
 
 
 def expectile_loss(u: torch.Tensor, expectile: float) -> torch.Tensor:
-    """mean |tau - 1(u < 0)| u^2 (paper eq. 5's L_2^tau)."""
-    return (torch.abs(expectile - (u < 0).float()) * u.pow(2)).mean()
+    """mean |tau - 1(u < 0)| u^2 (paper eq. 5's L_2^tau), over the batch (the last axis)."""
+    return (torch.abs(expectile - (u < 0).float()) * u.pow(2)).mean(-1)
 
 
 class IQL(Algorithm):
     name = "iql"
     config_class = IQLConfig
     observation_kinds = ("vector", "image")
+    stackable = ("vector",)
 
     def __init__(self, config: IQLConfig, observation: ObservationSpec, action_dim: int, device) -> None:
         super().__init__(config, observation, action_dim, device)
@@ -217,34 +221,34 @@ class IQL(Algorithm):
         v = self.value(hd)
         value_loss = expectile_loss(target_q - v, c.expectile)
         self.value_opt.zero_grad(set_to_none=True)
-        value_loss.backward()
+        value_loss.sum().backward()
         self.value_opt.step()
 
         # 2. actor: advantage-weighted log-likelihood, with the updated V
         with torch.no_grad():
-            v_new, next_v = self.value(torch.cat([hd, h_next])).split(hd.shape[0])
+            v_new, next_v = self.value(torch.cat([hd, h_next], dim=-2)).split(hd.shape[-2], dim=-1)
             advantage = target_q - v_new
             weight = torch.exp(c.beta * advantage).clamp(max=c.max_weight)
         actor_lr = self.actor_opt.param_groups[0]["lr"]
-        actor_loss = -(weight * self.actor.log_prob(hd, action)).mean()
+        actor_loss = -(weight * self.actor.log_prob(hd, action)).mean(-1)
         self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
+        actor_loss.sum().backward()
         self.actor_opt.step()
         self.actor_schedule.step()
 
         # 3. critic: SARSA-like target through the updated V (trains the image encoder)
         y = batch["reward"] + batch["discount"] * next_v
         q1, q2 = self.critic(h, action)
-        critic_loss = (q1 - y).pow(2).mean() + (q2 - y).pow(2).mean()
+        critic_loss = (q1 - y).pow(2).mean(-1) + (q2 - y).pow(2).mean(-1)
         self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        critic_loss.sum().backward()
         self.critic_opt.step()
 
         # 4. target critic
         soft_update(self.critic_target, self.critic, c.tau)
 
         values = torch.stack(
-            [value_loss, actor_loss, critic_loss, q1.mean(), v.mean(), advantage.mean(), weight.mean()]
+            [value_loss, actor_loss, critic_loss, q1.mean(-1), v.mean(-1), advantage.mean(-1), weight.mean(-1)]
         ).detach()
         keys = ("value_loss", "actor_loss", "critic_loss", "q_mean", "v_mean", "adv_mean", "weight_mean")
         return {**dict(zip(keys, values.tolist(), strict=True)), "actor_lr": actor_lr}

@@ -6,7 +6,9 @@ Same computation as the authors' TD3_BC.py, made faster: data stays on the devic
 weight gradients are not computed for the actor loss (the original computes and discards them),
 Adam is the fused kernel and the target update one fused lerp.  The TD3 maths (target policy
 smoothing, clipped double-Q target, critic loss, delayed actor update) are `nets`'
-`td3_*` functions, shared with the collector's learned explorers.
+`td3_*` functions, shared with the collector's learned explorers.  Every loss is a mean over the
+batch axis that keeps leading axes, so the same update trains K stacked agents
+(`learning.stacked`, `pandalab train --seeds`): ``.sum()`` adds their independent losses.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import copy
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from learning.algorithms.base import Algorithm, AlgorithmConfig, ObservationSpec
@@ -49,6 +50,7 @@ class TD3BC(Algorithm):
     name = "td3bc"
     config_class = TD3BCConfig
     observation_kinds = ("vector",)
+    stackable = ("vector",)
 
     def __init__(self, config: TD3BCConfig, observation: ObservationSpec, action_dim: int, device) -> None:
         super().__init__(config, observation, action_dim, device)
@@ -82,21 +84,21 @@ class TD3BC(Algorithm):
         q1, q2 = self.critic(obs, action)
         critic_loss = td3_critic_loss((q1, q2), target_q)
         self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        critic_loss.sum().backward()
         self.critic_opt.step()
 
         if td3_actor_due(self.updates, c.policy_freq):
             pi, q = td3_policy_q(self.actor, self.critic, obs)
-            lmbda = c.alpha / q.abs().mean().detach()
-            bc_loss = F.mse_loss(pi, action)
-            actor_loss = -lmbda * q.mean() + bc_loss
+            lmbda = c.alpha / q.abs().mean(-1).detach()
+            bc_loss = (pi - action).pow(2).mean((-2, -1))
+            actor_loss = -lmbda * q.mean(-1) + bc_loss
             self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
+            actor_loss.sum().backward()
             self.actor_opt.step()
             soft_update(self.critic_target, self.critic, c.tau)
             soft_update(self.actor_target, self.actor, c.tau)
             self._last_actor_losses = torch.stack([actor_loss.detach(), bc_loss.detach(), lmbda])
-        values = torch.cat([torch.stack([critic_loss.detach(), q1.detach().mean()]), self._last_actor_losses])
+        values = torch.cat([torch.stack([critic_loss.detach(), q1.detach().mean(-1)]), self._last_actor_losses])
         keys = ("critic_loss", "q_mean", "actor_loss", "bc_loss", "lambda")
         return dict(zip(keys, values.tolist(), strict=True))
 

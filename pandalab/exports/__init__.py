@@ -24,6 +24,8 @@ from typing import Any
 
 EXPORTS: dict[str, str] = {
     "rosbag2": "pandalab.exports.rosbag2:export_rosbag2",
+    "lerobot": "pandalab.exports.lerobot:export_lerobot",
+    "minari": "pandalab.exports.minari:export_minari",
 }
 """Export name -> ``"module:function"``."""
 

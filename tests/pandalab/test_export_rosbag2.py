@@ -258,7 +258,11 @@ def _error_line(capsys):
         ("not a session", ["{root}/empty", "--to", "rosbag2"], "is not a pandalab session"),
         ("data root", ["{root}/data", "--to", "rosbag2"], "it holds the sessions s: name one"),
         ("output exists", ["{root}/data/s", "--to", "rosbag2", "--out", "{root}/taken"], "exists already"),
-        ("unknown format", ["{root}/data/s", "--to", "rosbag3"], "unknown export --to 'rosbag3'; one of rosbag2"),
+        (
+            "unknown format",
+            ["{root}/data/s", "--to", "rosbag3"],
+            "unknown export --to 'rosbag3'; one of lerobot, minari, rosbag2",
+        ),
         ("unknown storage", ["{root}/data/s", "--to", "rosbag2", "--storage", "zip"], "unknown --storage 'zip'"),
         ("all damaged", ["{root}/data/bad", "--to", "rosbag2"], "no readable episode"),
     ],
