@@ -1,4 +1,4 @@
-"""Is offline learning real? TD3+BC, BCQ and BC on reach:0 from scripted and from random data.
+"""Is offline learning real? TD3+BC, BCQ, IQL, CQL and BC on reach:0 from scripted and from random data.
 
 Not a unit test: a quality benchmark that prints a table (README "Offline learning" has figures).
 
@@ -14,8 +14,8 @@ Data (both in PyBullet, through the safety filter, recorded in real session dire
 - ``random``: the default explorer (random linear policies) run by the real collector daemon
   (``pandalab collect``), as in `make demo`.
 
-Trained (`learning.trainer`, published hyper-parameters unless stated): TD3+BC, BCQ and BC from
-proprio on scripted data; BC and TD3+BC from proprio on random data; BC and DrQ+BC from images on
+Trained (`learning.trainer`, published hyper-parameters unless stated): TD3+BC, BCQ, IQL, CQL and BC
+from proprio on scripted data; BC and TD3+BC from proprio on random data; BC and DrQ+BC from images on
 the scripted data (84x84 where a GPU is present; on CPU ``--image-size`` 48 by default, batch 64
 and fewer updates, which the table says; DrQ+BC with the authors' offline lr 3e-4 and its noise
 schedule over the first half of the run). Evaluated in PyBullet from the home pose (+-0.05 rad), 200 steps,
@@ -194,6 +194,9 @@ def main() -> int:
     parser.add_argument("--skip-drq", action="store_true", help="no DrQ+BC run")
     parser.add_argument("--only-drq", action="store_true", help="only the DrQ+BC run (and the behaviour rows)")
     parser.add_argument("--drq-updates", type=int, default=None, help="DrQ+BC updates (default: the budget's)")
+    parser.add_argument(
+        "--only", help="comma-separated algorithms to train (td3bc,bcq,iql,cql,bc,drqbc; default: all)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -224,6 +227,8 @@ def main() -> int:
     runs = [
         ("TD3+BC", "td3bc", scripted, "proprio", budget["updates"], {}),
         ("BCQ", "bcq", scripted, "proprio", budget["updates"], {}),
+        ("IQL", "iql", scripted, "proprio", budget["updates"], {"max_steps": budget["updates"]}),
+        ("CQL", "cql", scripted, "proprio", budget["updates"], {}),
         ("BC", "bc", scripted, "proprio", budget["updates"], {}),
         ("BC", "bc", random_dir, "proprio", budget["updates"], {}),
         ("TD3+BC", "td3bc", random_dir, "proprio", budget["updates"], {}),
@@ -242,6 +247,9 @@ def main() -> int:
         bc = {} if cuda else {"batch_size": 64}
         runs.append((f"BC ({image_size}px)", "bc", scripted, "image", drq_updates, bc))
         runs.append((f"DrQ+BC ({image_size}px)", "drqbc", scripted, "image", drq_updates, drq))
+    if args.only:
+        wanted = {a.strip() for a in args.only.split(",") if a.strip()}
+        runs = [run for run in runs if run[1] in wanted]
     rows = []
     for label, algo, source, obs, steps, algo_config in runs:
         t0 = time.monotonic()

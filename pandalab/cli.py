@@ -551,6 +551,9 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--updates", type=int, default=None, help="gradient updates per algorithm (default 10000)")
     demo.add_argument("--steps", type=int, dest="updates", action=_Renamed, new="--updates")
     demo.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes (default: the demo's)")
+    demo.add_argument(
+        "--algos", help="comma-separated learners (default td3bc,bc; also iql, cql, bcq: each adds a minute or two)"
+    )
     demo.set_defaults(handler=_run_demo)
 
 

@@ -28,6 +28,8 @@ import yaml
 
 DEMO_UPDATES = {"td3bc": 10_000, "bc": 10_000}
 """Gradient updates per algorithm (both with the published network sizes and batch 256)."""
+DEMO_ALGOS = ("td3bc", "iql", "cql", "bcq", "bc")
+"""What ``--algos`` may name (proprio learners); the default is `DEMO_UPDATES`'s two, about three minutes."""
 DEMO_EVAL_EPISODES = 10
 DEMO_TASK = "reach:0"
 
@@ -149,8 +151,11 @@ def run_demo(
     for algo, n in updates.items():
         run_dir = out / "runs" / f"{algo}_{stamp}"
         eval_every = max(1, n // 2)
+        algo_config = {"max_steps": n} if algo == "iql" else {}  # IQL's cosine schedule spans the run
         args = ["train", "--data", session, "--task", DEMO_TASK, "--obs", "proprio", "--algo", algo]
         args += ["--updates", n, "--eval-every", eval_every, "--eval-episodes", eval_episodes]
+        if algo_config:
+            args += ["--algo-config", json.dumps(algo_config)]
         args += ["--checkpoint-every", max(1, n // 4), "--out", run_dir]
         print(f"$ {command_line('pandalab', *args)}", flush=True)
         config = TrainConfig(
@@ -158,6 +163,7 @@ def run_demo(
             task=DEMO_TASK,
             obs="proprio",
             algo=algo,
+            algo_config=algo_config,
             updates=n,
             eval_every=eval_every,
             eval_episodes=eval_episodes,
@@ -203,7 +209,18 @@ def run_demo(
 
 def main_demo(args) -> int:
     """`pandalab demo`: 0 when done; 130 with one line on Ctrl-C."""
-    updates = {algo: args.updates for algo in DEMO_UPDATES} if args.updates else None
+    algos = list(DEMO_UPDATES)
+    if args.algos:
+        algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+        unknown = [a for a in algos if a not in DEMO_ALGOS]
+        if unknown or not algos or len(set(algos)) != len(algos):
+            print(
+                f"pandalab demo: --algos takes distinct names of {', '.join(DEMO_ALGOS)}; got {args.algos!r}",
+                file=sys.stderr,
+            )
+            return 2
+    n = args.updates or next(iter(DEMO_UPDATES.values()))
+    updates = {algo: n for algo in algos}
     try:
         run_demo(args.config, args.out, updates, args.eval_episodes or DEMO_EVAL_EPISODES)
     except (KeyboardInterrupt, DemoInterrupted) as interrupted:
