@@ -77,13 +77,15 @@ class Budget:
     """Recorded steps per dataset (one dataset per explorer and seed)."""
     seeds: tuple[int, ...]
     updates: int
-    """Gradient updates per offline training."""
+    """Gradient updates per offline training (TD3+BC)."""
+    bcq_updates: int
+    """Gradient updates per BCQ training (BCQ's update is ~7x TD3+BC's on a CPU: its 750-wide VAE)."""
     eval_episodes: int
     """Evaluation episodes per trained policy."""
-    reach_tasks: tuple[str, ...]
-    reach_algos: tuple[str, ...]
-    cube_tasks: tuple[str, ...]
-    cube_algos: tuple[str, ...]
+    reach: tuple[tuple[str, str], ...]
+    """(algorithm, task) trainings scored by the closest tool-tip distance (001 Table 1)."""
+    cube: tuple[tuple[str, str], ...]
+    """(algorithm, task) trainings scored by success rate (003 Fig. 7)."""
     observation: str
     """What the explorers see."""
     cut: str
@@ -95,36 +97,33 @@ BUDGETS = {
         transitions=600,
         seeds=(0,),
         updates=300,
+        bcq_updates=300,
         eval_episodes=2,
-        reach_tasks=("reach:0",),
-        reach_algos=("td3bc",),
-        cube_tasks=("push",),
-        cube_algos=("bcq",),
+        reach=(("td3bc", "reach:0"),),
+        cube=(("bcq", "push"),),
         observation="proprio+object",
         cut="everything: a smoke run that the pipeline works, not a result",
     ),
     "medium": Budget(
         transitions=10_000,
         seeds=(0, 1),
-        updates=20_000,
+        updates=10_000,
+        bcq_updates=3_000,
         eval_episodes=10,
-        reach_tasks=REACH_TASKS,
-        reach_algos=("td3bc", "bcq"),
-        cube_tasks=CUBE_TASKS,
-        cube_algos=("bcq",),
+        reach=tuple(("td3bc", t) for t in REACH_TASKS) + (("bcq", "reach:0"),),
+        cube=tuple(("bcq", t) for t in CUBE_TASKS),
         observation="proprio+object",
-        cut="10K transitions per dataset (003: 300K, 001: 200K), 2 seeds (003: 5), 20K updates (001/003: 1M), "
-        "explorers on proprio+object instead of 003's images",
+        cut="10K transitions per dataset (003: 300K, 001: 200K), 2 seeds (003: 5), 10K TD3+BC and 3K BCQ updates "
+        "(001/003: 1M), BCQ on reach:0 only, explorers on proprio+object instead of 003's images",
     ),
     "full": Budget(
         transitions=300_000,
         seeds=(0, 1, 2, 3, 4),
         updates=1_000_000,
+        bcq_updates=1_000_000,
         eval_episodes=20,
-        reach_tasks=REACH_TASKS,
-        reach_algos=("td3bc", "bcq"),
-        cube_tasks=CUBE_TASKS,
-        cube_algos=("bcq",),
+        reach=tuple((a, t) for t in REACH_TASKS for a in ("td3bc", "bcq")),
+        cube=tuple(("bcq", t) for t in CUBE_TASKS),
         observation="image",
         cut="none (the papers' budgets; for a GPU machine or a cluster)",
     ),
@@ -168,9 +167,7 @@ class Study:
 
     def trainings(self) -> list[Job]:
         b = self.budget
-        pairs = [(a, t) for t in b.reach_tasks for a in b.reach_algos] + [
-            (a, t) for t in b.cube_tasks for a in b.cube_algos
-        ]
+        pairs = [*b.reach, *b.cube]
         return [Job("train", e, s, a, t) for e in self.explorers for s in b.seeds for a, t in pairs]
 
     def result(self, job: Job) -> dict | None:
@@ -209,6 +206,9 @@ class Study:
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
 
+    def updates(self, algo: str) -> int:
+        return self.budget.bcq_updates if algo == "bcq" else self.budget.updates
+
     def run_dir(self, job: Job) -> pathlib.Path:
         return self.out / "runs" / job.dataset / f"{job.algo}_{job.task.replace(':', '-').replace('+', '_')}"
 
@@ -228,7 +228,7 @@ class Study:
             "--obs",
             TRAIN_OBSERVATION,
             "--updates",
-            str(self.budget.updates),
+            str(self.updates(job.algo)),
             "--out",
             str(self.run_dir(job)),
             "--eval-every",
@@ -236,7 +236,7 @@ class Study:
             "--eval-episodes",
             str(self.budget.eval_episodes),
             "--checkpoint-every",
-            str(max(1000, self.budget.updates // 20)),
+            str(max(1000, self.updates(job.algo) // 20)),
             "--seed",
             str(job.seed),
             "--threads",
@@ -325,10 +325,10 @@ class Study:
                 row[key] = _spread([c[key] for c in collected])
             sideways = [1.0 - c["top_face_counts"].get("yellow", 0) / max(1, c["steps"]) for c in collected]
             row["not_yellow_up"] = _spread(sideways)
-            for algo, task in [(a, t) for t in self.budget.reach_tasks for a in self.budget.reach_algos]:
+            for algo, task in self.budget.reach:
                 results = [self.result(Job("train", explorer, s, algo, task)) for s in self.budget.seeds]
                 row[f"{algo} {task}"] = _spread([r["closest_distance_m"] for r in results if r])
-            for algo, task in [(a, t) for t in self.budget.cube_tasks for a in self.budget.cube_algos]:
+            for algo, task in self.budget.cube:
                 results = [self.result(Job("train", explorer, s, algo, task)) for s in self.budget.seeds]
                 row[f"{algo} {task}"] = _spread([r["success_rate"] for r in results if r])
             rows[explorer] = row
@@ -347,13 +347,14 @@ class Study:
 
     def markdown(self, report: dict) -> str:
         b = self.budget
-        reach = [f"{a} {t}" for t in b.reach_tasks for a in b.reach_algos]
-        cube = [f"{a} {t}" for t in b.cube_tasks for a in b.cube_algos]
+        reach = [f"{a} {t}" for a, t in b.reach]
+        cube = [f"{a} {t}" for a, t in b.cube]
         coverage_head = "| explorer | tip cells (5 cm) | cube cells (2 cm) | top-face entropy, bits | not yellow-up |"
         lines = [
             f"Explorer study: {b.transitions:,} transitions x {len(b.seeds)} seeds per explorer, explorers on "
             f"`{b.observation}`{' (ablation: 003 used images)' if b.observation != 'image' else ''}; "
-            f"{b.updates:,} updates per policy on `{TRAIN_OBSERVATION}`, {b.eval_episodes} evaluation episodes; "
+            f"{b.updates:,} TD3+BC and {b.bcq_updates:,} BCQ updates per policy on `{TRAIN_OBSERVATION}`, "
+            f"{b.eval_episodes} evaluation episodes; "
             f"mean ± std over seeds. Cut relative to the papers: {b.cut}.",
             "",
             coverage_head,
@@ -432,6 +433,7 @@ def main() -> int:
         "seeds": tuple(args.seeds) if args.seeds else None,
         "transitions": args.transitions,
         "updates": args.updates,
+        "bcq_updates": args.updates,
         "observation": args.observation,
     }
     budget = dataclasses.replace(budget, **{k: v for k, v in overrides.items() if v is not None})

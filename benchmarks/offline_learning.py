@@ -194,9 +194,7 @@ def main() -> int:
     parser.add_argument("--skip-drq", action="store_true", help="no DrQ+BC run")
     parser.add_argument("--only-drq", action="store_true", help="only the DrQ+BC run (and the behaviour rows)")
     parser.add_argument("--drq-updates", type=int, default=None, help="DrQ+BC updates (default: the budget's)")
-    parser.add_argument(
-        "--only", help="comma-separated algorithms to train (td3bc,bcq,iql,cql,bc,drqbc; default: all)"
-    )
+    parser.add_argument("--only", help="comma-separated algorithms to train (td3bc,bcq,iql,cql,bc,drqbc; default: all)")
     args = parser.parse_args()
 
     import torch
