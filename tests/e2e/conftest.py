@@ -36,6 +36,23 @@ def write_config(tmp_path: pathlib.Path, **overrides) -> pathlib.Path:
     return path
 
 
+def collect_complete(session_path: str | pathlib.Path, folder: pathlib.Path, episodes: int, steps: int) -> None:
+    """Run `pandalab collect` on ``session_path`` to its end (timeout 300 s): exit 0, a clean
+    ``verify_session`` of ``folder``, and ``episodes`` complete episodes of ``steps`` steps."""
+    from store import read_manifest, verify_session
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pandalab", "collect", "--config", str(session_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert verify_session(folder).clean
+    assert [(e.outcome, e.steps) for e in read_manifest(folder)] == [("complete", steps)] * episodes
+
+
 def pandalab(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(

@@ -21,7 +21,6 @@ import contextlib
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -30,9 +29,8 @@ import pytest
 import yaml
 
 from robot_drivers import DriverFault, FaultReason
-from store import read_manifest, verify_session
 from tests.bridge.clients import Client, Monitor
-from tests.e2e.conftest import REPO, pandalab, wait_for
+from tests.e2e.conftest import REPO, collect_complete, pandalab, wait_for
 from tests.e2e.test_bridge import WATCHDOG_S, _stop_process
 
 FRANKY_SIM = REPO / ".venv-franky-sim" / "bin" / "franky-sim"
@@ -162,17 +160,8 @@ def test_a_session_through_the_bridge_drives_franky_sim_and_a_kill_lets_the_watc
     try:
         wait_for(lambda: monitor.samples, timeout_s=60)
         # Three episodes, planned resets home between them, the data verified.
-        done = subprocess.run(
-            [sys.executable, "-m", "pandalab", "collect", "--config", session_path],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         folder = tmp_path / "data" / "fr3"
-        assert verify_session(folder).clean
-        assert [(e.outcome, e.steps) for e in read_manifest(folder)] == [("complete", 20)] * 3
+        collect_complete(session_path, folder, episodes=3, steps=20)
         # Joint positions stayed inside the FR3's published limits, measured from franky-sim.
         from safety.robot_model import robot_model
 

@@ -34,7 +34,7 @@ from safety import SafetyLimits
 from safety.robot_model import limits_fields, robot_model
 from store import read_manifest, verify_session
 from tests.bridge.clients import Client
-from tests.e2e.conftest import REPO, pandalab, wait_for
+from tests.e2e.conftest import REPO, collect_complete, pandalab, wait_for
 from tests.e2e.test_bridge import _stop_process
 
 STANDIN = REPO / "tools" / "franka_ros2_standin.py"
@@ -202,17 +202,8 @@ def test_a_session_through_ros2_records_episodes_and_a_killed_collector_ramps_th
     bridge_path, _, session_path = _configs(tmp_path, domain_id)
     server = pandalab("bridge", "serve", "--config", bridge_path)
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "pandalab", "collect", "--config", session_path],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         folder = tmp_path / "data" / "ros2"
-        assert verify_session(folder).clean
-        assert [(e.outcome, e.steps) for e in read_manifest(folder)] == [("complete", 20)] * 3
+        collect_complete(session_path, folder, episodes=3, steps=20)
         # What the stand-in published stayed inside the FR3's joint ranges; the bridge's commands
         # stayed under the cap and within the operating accelerations.
         fr3 = robot_model("fr3")
