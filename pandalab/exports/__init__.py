@@ -15,10 +15,14 @@ function must leave nothing at ``out`` when it fails (write elsewhere and rename
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import inspect
-from collections.abc import Callable
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,8 @@ EXPORTS: dict[str, str] = {
     "minari": "pandalab.exports.minari:export_minari",
 }
 """Export name -> ``"module:function"``."""
+ROBOT_MODELS = ("panda", "fr3")
+"""The robot models whose joints the exports name (``<model>_joint1..7``)."""
 
 
 class ExportError(ValueError):
@@ -52,8 +58,111 @@ class ExportResult:
         return f"wrote {self.out} ({self.format}): {self.episodes} episodes, {self.steps} steps{messages}{skipped}"
 
 
-def _one_line(text: object) -> str:
+def one_line(text: object) -> str:
+    """``text`` on one line: every run of white space (newlines too) becomes one space."""
     return " ".join(str(text).split())
+
+
+class SkipEpisode(Exception):
+    """An episode that cannot be exported (found before anything of it is written)."""
+
+
+def readable_episodes(
+    session_dir: Path, warn: Callable[[str], None], skipped: list[str], required_keys: tuple[str, ...]
+) -> Iterator[Any]:
+    """The session's readable episodes in order (`store.iter_episodes`); each damaged one is
+    reported through ``warn`` (one line naming the file) and appended to ``skipped``."""
+    from store import DamagedEpisodeWarning, ManifestWarning, iter_episodes
+
+    others: list[warnings.WarningMessage] = []
+
+    def relay(caught: list[warnings.WarningMessage]) -> None:
+        for w in caught:
+            if not issubclass(w.category, DamagedEpisodeWarning | ManifestWarning):
+                others.append(w)
+                continue
+            line = one_line(w.message)
+            if line.startswith("skipping damaged episode "):
+                skipped.append(line.removeprefix("skipping damaged episode "))
+            warn(line)
+        caught.clear()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for episode in iter_episodes([session_dir], required_keys=required_keys):
+            relay(caught)
+            yield episode
+        relay(caught)
+    for w in others:  # not the store's damage reports: passed on as they came
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def skip(episode: Any, reason: str, warn: Callable[[str], None], skipped: list[str]) -> None:
+    """Report ``episode`` as skipped for ``reason``: one ``warn`` line naming its file, and in ``skipped``."""
+    line = f"{episode.path}: {reason}"
+    skipped.append(line)
+    warn(f"skipping damaged episode {line}")
+
+
+def read_spec(session_dir: Path) -> Any:
+    """The session's description (`store.read_session_spec`); `ExportError` when it cannot be read."""
+    from store import SpecError, read_session_spec
+
+    try:
+        return read_session_spec(session_dir)
+    except SpecError as error:
+        raise ExportError(f"cannot read the session's description: {one_line(error)}") from None
+
+
+def robot_model(session_dir: Path, spec: Any, refusal: str = "unknown robot model {model!r} (known: {known})") -> str:
+    """The session's robot.model (one of `ROBOT_MODELS`; session.yaml's when the description has
+    none, ``panda`` by default); otherwise `ExportError` "<session_dir>: " + ``refusal`` (a format
+    string of ``model`` and ``known``)."""
+    from store import read_session_yaml
+
+    model = getattr(spec, "robot_model", None)
+    if model is None:
+        config, _ = read_session_yaml(session_dir)
+        robot = config.get("robot") if isinstance(config, dict) else None
+        model = robot.get("model", "panda") if isinstance(robot, dict) else "panda"
+    if model not in ROBOT_MODELS:
+        raise ExportError(f"{session_dir}: " + refusal.format(model=model, known=", ".join(ROBOT_MODELS)))
+    return str(model)
+
+
+def make_scratch(out: Path) -> Path:
+    """A new folder beside ``out`` (its parents made) for an export to write in before renaming
+    into place; `ExportError` when it cannot be made."""
+    scratch = out.parent / f".{out.name}.export-{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        scratch.mkdir()
+    except OSError as error:
+        raise ExportError(f"{scratch}: cannot create: {one_line(error.strerror or error)}") from None
+    return scratch
+
+
+@contextlib.contextmanager
+def writing(out: Path, scratch: Path, abort: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Around an export's writing in ``scratch`` (`make_scratch`): on a failure ``abort()`` runs
+    first and an `OSError` becomes `ExportError` naming ``out``; ``scratch`` is removed at the end."""
+    try:
+        yield
+    except OSError as error:
+        abort()
+        raise ExportError(f"{out}: cannot write: {one_line(error.strerror or error)}") from None
+    except BaseException:
+        abort()
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def put_in_place(built: Path, out: Path) -> None:
+    """Rename the finished ``built`` to ``out``, never over something that appeared there meanwhile."""
+    if out.exists() or out.is_symlink():
+        raise ExportError(f"{out} appeared while exporting; not overwriting it")
+    os.rename(built, out)
 
 
 def _export_function(to: str) -> Callable[..., ExportResult]:
@@ -97,7 +206,7 @@ def export_session(
     try:
         found = find_sessions(session_dir)
     except OSError as error:
-        raise ExportError(f"{session_dir}: cannot read: {_one_line(error.strerror or error)}") from None
+        raise ExportError(f"{session_dir}: cannot read: {one_line(error.strerror or error)}") from None
     if found != [session_dir]:
         held = f"; it holds the sessions {', '.join(p.name for p in found)}: name one" if found else ""
         raise ExportError(f"{session_dir} is not a pandalab session (no manifest.jsonl, no episodes/){held}")

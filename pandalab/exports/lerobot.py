@@ -76,17 +76,26 @@ nothing at the output path.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pandalab.exports import ExportError, ExportResult
+from pandalab.exports import (
+    ExportError,
+    ExportResult,
+    SkipEpisode,
+    make_scratch,
+    one_line,
+    put_in_place,
+    read_spec,
+    readable_episodes,
+    robot_model,
+    skip,
+    writing,
+)
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
@@ -108,7 +117,6 @@ BLOCK_BYTES = 64 << 20
 """Frames are read in blocks of about this many bytes (bounded memory for any camera size)."""
 STATS_FRAMES = 100
 """Image statistics use at most this many evenly spaced frames of an episode (as LeRobot samples)."""
-ROBOT_MODELS = ("panda", "fr3")
 DEFAULT_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 XYZ = ["x", "y", "z"]
 NAMES = {
@@ -117,64 +125,6 @@ NAMES = {
     "privileged/cube_quat": ["w", "x", "y", "z"],
 }
 """Names of the components of known extra fields."""
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-def robot_model(session_dir: Path, spec: Any) -> str:
-    """The session's robot.model (``panda`` or ``fr3``; its joints are ``<model>_joint1..7``)."""
-    from store import read_session_yaml
-
-    model = getattr(spec, "robot_model", None)
-    if model is None:
-        config, _ = read_session_yaml(session_dir)
-        robot = config.get("robot") if isinstance(config, dict) else None
-        model = robot.get("model", "panda") if isinstance(robot, dict) else "panda"
-    if model not in ROBOT_MODELS:
-        raise ExportError(f"{session_dir}: unknown robot model {model!r} (known: {', '.join(ROBOT_MODELS)})")
-    return str(model)
-
-
-class SkipEpisode(Exception):
-    """An episode that cannot be exported (found before anything of it is written)."""
-
-
-def readable_episodes(
-    session_dir: Path, warn: Callable[[str], None], skipped: list[str], required_keys: tuple[str, ...]
-) -> Iterator[Any]:
-    """The session's readable episodes in order (`store.iter_episodes`); each damaged one is
-    reported through ``warn`` (one line naming the file) and appended to ``skipped``."""
-    from store import DamagedEpisodeWarning, ManifestWarning, iter_episodes
-
-    others: list[warnings.WarningMessage] = []
-
-    def relay(caught: list[warnings.WarningMessage]) -> None:
-        for w in caught:
-            if not issubclass(w.category, DamagedEpisodeWarning | ManifestWarning):
-                others.append(w)
-                continue
-            line = _one_line(w.message)
-            if line.startswith("skipping damaged episode "):
-                skipped.append(line.removeprefix("skipping damaged episode "))
-            warn(line)
-        caught.clear()
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for episode in iter_episodes([session_dir], required_keys=required_keys):
-            relay(caught)
-            yield episode
-        relay(caught)
-    for w in others:  # not the store's damage reports: passed on as they came
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-
-
-def skip(episode: Any, reason: str, warn: Callable[[str], None], skipped: list[str]) -> None:
-    line = f"{episode.path}: {reason}"
-    skipped.append(line)
-    warn(f"skipping damaged episode {line}")
 
 
 # ------------------------------------------------------------------------------------------ schema
@@ -276,7 +226,7 @@ def _times(episode: Any, rate_hz: float) -> np.ndarray:
         else:  # never written by the collector; then the control period stands in
             time_s = episode.step_index() / rate_hz
     except Exception as error:  # h5py may raise anything on damaged data
-        raise SkipEpisode(f"time cannot be read: {_one_line(error)}") from None
+        raise SkipEpisode(f"time cannot be read: {one_line(error)}") from None
     if time_s.shape != (episode.steps,) or not np.all(np.isfinite(time_s)):
         raise SkipEpisode("its time stamps are not all finite")
     return time_s
@@ -490,40 +440,20 @@ def export_lerobot(session_dir: Path, out: Path, *, warn: Callable[[str], None] 
         import av  # noqa: F401
         import pyarrow.parquet  # noqa: F401
     except ImportError as error:
-        raise ExportError(f"the lerobot export needs pyarrow and PyAV (av): {_one_line(error)}") from None
-    from store import SpecError, read_session_spec
-
-    try:
-        spec = read_session_spec(session_dir)
-    except SpecError as error:
-        raise ExportError(f"cannot read the session's description: {_one_line(error)}") from None
+        raise ExportError(f"the lerobot export needs pyarrow and PyAV (av): {one_line(error)}") from None
+    spec = read_spec(session_dir)
     model = robot_model(session_dir, spec)
     fps = round(spec.control_rate_hz)
     if fps < 1:
         raise ExportError(f"{session_dir}: control rate {spec.control_rate_hz} Hz is below LeRobot's 1 fps")
-    scratch = out.parent / f".{out.name}.export-{os.getpid()}"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        scratch.mkdir()
-    except OSError as error:
-        raise ExportError(f"{scratch}: cannot create: {_one_line(error.strerror or error)}") from None
+    scratch = make_scratch(out)
     writer = _Writer(scratch / out.name, spec, model, fps, warn)
-    try:
+    with writing(out, scratch, writer.abort):
         writer.write_session(session_dir)
         if not writer.episodes:
             raise ExportError(f"{session_dir}: no readable episode to export")
         writer.finish(session_dir)
-        if out.exists() or out.is_symlink():
-            raise ExportError(f"{out} appeared while exporting; not overwriting it")
-        os.rename(scratch / out.name, out)
-    except OSError as error:
-        writer.abort()
-        raise ExportError(f"{out}: cannot write: {_one_line(error.strerror or error)}") from None
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        put_in_place(scratch / out.name, out)
     steps = sum(row["length"] for row in writer.episodes)
     return ExportResult(out, "lerobot/v3.0", len(writer.episodes), steps, skipped=writer.skipped)
 
@@ -607,7 +537,7 @@ class _Writer:
         try:
             arrays = {k: np.asarray(episode.load(k, slice(a, b))) for c in self.columns for k in c.keys}
         except Exception as error:  # the file changed or is damaged past its checksum: abort
-            raise ExportError(f"{episode.path}: cannot be read: {_one_line(error)}") from None
+            raise ExportError(f"{episode.path}: cannot be read: {one_line(error)}") from None
         relative = time_s[a:b] - time_s[a]
         values = {c.name: c.values(arrays, rows) for c in self.columns}
         values["timestamp"] = relative.astype(np.float32).reshape(rows, 1)
@@ -642,7 +572,7 @@ class _Writer:
                 try:
                     frames = np.asarray(episode.load(key, slice(start, stop)))
                 except Exception as error:
-                    raise ExportError(f"{episode.path}: cannot be read: {_one_line(error)}") from None
+                    raise ExportError(f"{episode.path}: cannot be read: {one_line(error)}") from None
                 video.write(frames, pts[start - a : stop - a])
                 sampled += [frames[i - start] for i in range(start, stop) if i in sample]
             video.end_pts = int(pts[-1]) + round(TICKS_PER_S / self.fps)

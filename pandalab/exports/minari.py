@@ -54,15 +54,24 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pandalab.exports import ExportError, ExportResult
-from pandalab.exports.lerobot import SkipEpisode, readable_episodes, skip
+from pandalab.exports import (
+    ExportError,
+    ExportResult,
+    SkipEpisode,
+    make_scratch,
+    one_line,
+    put_in_place,
+    read_spec,
+    readable_episodes,
+    skip,
+    writing,
+)
 
 ENV_ID = "pandalab/Panda-v0"
 ENV_ENTRY_POINT = "learning.evaluate:make_env"
@@ -71,10 +80,6 @@ REQUIRED_KEYS = ("obs/q", "obs/dq", "obs/tip_pos", "command")
 DATASET_ID = re.compile(r"^(?:(?P<namespace>[-_\w][-_\w/]*[-_\w])/)?(?P<name>[-_\w]+?)-v(?P<version>\d+)$")
 """Minari's dataset id: ``(namespace/)name-vN``."""
 PRIVILEGED = {"cube_pos": (3,), "cube_quat": (4,), "cube_top_face": ()}
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def datasets_root(root: str | os.PathLike | None = None) -> Path:
@@ -156,7 +161,7 @@ def export_minari(
     try:
         task_object = make_task(task)
     except ValueError as error:
-        raise ExportError(_one_line(error)) from None
+        raise ExportError(one_line(error)) from None
     dataset_id = dataset_id or default_dataset_id(session_dir, task)
     if not DATASET_ID.match(dataset_id) or ".." in dataset_id.split("/"):
         raise ExportError(f"--dataset-id {dataset_id!r} is not a Minari dataset id ((namespace/)name-vN)")
@@ -165,25 +170,15 @@ def export_minari(
         from minari.data_collector import EpisodeBuffer
         from minari.dataset.minari_storage import MinariStorage
     except ImportError as error:
-        raise ExportError(f"the minari export needs the minari package: {_one_line(error)}") from None
-    from store import SpecError, read_session_spec
-
-    try:
-        spec = read_session_spec(session_dir)
-    except SpecError as error:
-        raise ExportError(f"cannot read the session's description: {_one_line(error)}") from None
+        raise ExportError(f"the minari export needs the minari package: {one_line(error)}") from None
+    spec = read_spec(session_dir)
     writer = _Writer(spec, task_object, EpisodeBuffer, warn)
     writer.collect(session_dir)  # every check before anything is written
     if not writer.pending:
         raise ExportError(f"{session_dir}: no readable episode with a transition (2 steps) to export")
-    scratch = out.parent / f".{out.name}.export-{os.getpid()}"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        scratch.mkdir()
-    except OSError as error:
-        raise ExportError(f"{scratch}: cannot create: {_one_line(error.strerror or error)}") from None
+    scratch = make_scratch(out)
     dataset = scratch / out.name
-    try:
+    with writing(out, scratch):
         dataset.mkdir()
         storage = MinariStorage.new(
             dataset.absolute() / "data",  # absolute: minari's size accounting breaks on relative paths
@@ -210,13 +205,7 @@ def export_minari(
                 "pandalab_skipped": writer.skipped,
             }
         )
-        if out.exists() or out.is_symlink():
-            raise ExportError(f"{out} appeared while exporting; not overwriting it")
-        os.rename(dataset, out)
-    except OSError as error:
-        raise ExportError(f"{out}: cannot write: {_one_line(error.strerror or error)}") from None
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        put_in_place(dataset, out)
     _mark_namespaces(out, dataset_id)
     return ExportResult(out, f"minari/{task_object.name}", writer.episodes, writer.steps, skipped=writer.skipped)
 
@@ -297,7 +286,7 @@ class _Writer:
                         f"task {self.task.name}", episode.fields, f"{self.spec.session_id} ({episode.path})"
                     )
                 except ValueError as error:
-                    raise ExportError(_one_line(error)) from None
+                    raise ExportError(one_line(error)) from None
         self.privileged = all(have)
 
     def write(self, storage: Any) -> None:
@@ -316,7 +305,7 @@ class _Writer:
                 )
                 first_steps = episode.step_index()
             except Exception as error:  # the file changed or is damaged past its checksum: abort
-                raise ExportError(f"{episode.path}: cannot be read: {_one_line(error)}") from None
+                raise ExportError(f"{episode.path}: cannot be read: {one_line(error)}") from None
             finally:
                 episode.close()
             reward, success = relabel(self.task, arrays)

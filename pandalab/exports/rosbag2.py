@@ -55,16 +55,25 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import shutil
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pandalab.exports import ExportError, ExportResult
+from pandalab.exports import (
+    ExportError,
+    ExportResult,
+    SkipEpisode,
+    make_scratch,
+    one_line,
+    put_in_place,
+    read_spec,
+    readable_episodes,
+    robot_model,
+    skip,
+    writing,
+)
 
 STORAGES = ("mcap", "sqlite3")
 """rosbag2 storage plugins: mcap (the default of ROS 2 Iron and later) and sqlite3."""
@@ -79,7 +88,6 @@ TOOL_TIP = "/tool_tip"
 EPISODE = "/pandalab/episode"
 IMAGE_TOPIC = "/camera/{}/image_raw"
 IMAGE_PREFIX = "obs/images/"
-ROBOT_MODELS = ("panda", "fr3")
 """The arms whose joint names are known (``<model>_joint1..7``, as franka_ros2 names them)."""
 BLOCK_BYTES = 64 << 20
 """Steps are read in blocks of about this many bytes (bounded memory for any camera size)."""
@@ -93,10 +101,6 @@ _TYPES = {
     EPISODE: "std_msgs/msg/String",
 }
 IMAGE_TYPE = "sensor_msgs/msg/Image"
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def typestore():
@@ -121,20 +125,6 @@ def iso_to_ns(text: str | None) -> int | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
     return (moment - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)) // datetime.timedelta(microseconds=1) * 1000
-
-
-def _robot_model(session_dir: Path, spec: Any) -> str:
-    from store import read_session_yaml
-
-    model = getattr(spec, "robot_model", None)
-    if model is None:
-        config, _ = read_session_yaml(session_dir)
-        robot = config.get("robot") if isinstance(config, dict) else None
-        model = robot.get("model", "panda") if isinstance(robot, dict) else "panda"
-    if model not in ROBOT_MODELS:
-        known = ", ".join(ROBOT_MODELS)
-        raise ExportError(f"{session_dir}: robot model {model!r} has no known ROS joint names ({known})")
-    return str(model)
 
 
 class _Bag:
@@ -190,27 +180,18 @@ def export_rosbag2(
     try:
         from rosbags.rosbag2 import StoragePlugin, Writer
     except ImportError as error:
-        raise ExportError(f"the rosbag2 export needs the rosbags package: {_one_line(error)}") from None
-    from store import SpecError, read_session_spec
-
-    try:
-        spec = read_session_spec(session_dir)
-    except SpecError as error:
-        raise ExportError(f"cannot read the session's description: {_one_line(error)}") from None
-    model = _robot_model(session_dir, spec)
+        raise ExportError(f"the rosbag2 export needs the rosbags package: {one_line(error)}") from None
+    spec = read_spec(session_dir)
+    model = robot_model(session_dir, spec, "robot model {model!r} has no known ROS joint names ({known})")
     store = typestore()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = out.parent / f".{out.name}.export-{os.getpid()}"
-    try:
-        scratch.mkdir()
-    except OSError as error:
-        raise ExportError(f"{scratch}: cannot create: {_one_line(error.strerror or error)}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)  # outside make_scratch's refusal, as before
+    scratch = make_scratch(out)
     writer = Writer(
         scratch / out.name,
         version=BAG_VERSION,
         storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3,
     )
-    try:
+    with writing(out, scratch, writer.abort):
         writer.open()
         bag = _Bag(writer, store)
         episodes, skipped = _write_session(bag, session_dir, spec, model, warn)
@@ -221,17 +202,7 @@ def export_rosbag2(
         writer.set_custom_data("pandalab.episodes", json.dumps(episodes, separators=(",", ":")))
         writer.set_custom_data("pandalab.skipped", json.dumps(skipped))
         writer.close()
-        if out.exists() or out.is_symlink():
-            raise ExportError(f"{out} appeared while exporting; not overwriting it")
-        os.rename(scratch / out.name, out)
-    except OSError as error:
-        writer.abort()
-        raise ExportError(f"{out}: cannot write: {_one_line(error.strerror or error)}") from None
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        put_in_place(scratch / out.name, out)
     steps = sum(e["steps"] for e in episodes)
     return ExportResult(out, f"rosbag2/{storage}", len(episodes), steps, bag.messages, skipped)
 
@@ -240,48 +211,20 @@ def _write_session(
     bag: _Bag, session_dir: Path, spec: Any, model: str, warn: Callable[[str], None]
 ) -> tuple[list[dict], list[str]]:
     """Write every readable episode in order; (episode documents, skipped-file lines)."""
-    from store import DamagedEpisodeWarning, ManifestWarning, iter_episodes
-
     period_ns = round(1e9 / spec.control_rate_hz)
     documents: list[dict] = []
     skipped: list[str] = []
     previous_end: int | None = None
-
-    others: list[warnings.WarningMessage] = []
-
-    def relay(caught: list[warnings.WarningMessage]) -> None:
-        for w in caught:
-            if not issubclass(w.category, DamagedEpisodeWarning | ManifestWarning):
-                others.append(w)
-                continue
-            line = _one_line(w.message)
-            if line.startswith("skipping damaged episode "):
-                skipped.append(line.removeprefix("skipping damaged episode "))
-            warn(line)
-        caught.clear()
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for episode in iter_episodes([session_dir], required_keys=("obs/q", "obs/dq")):
-            relay(caught)
-            try:
-                document = _write_episode(bag, session_dir, episode, spec, model, previous_end, period_ns)
-            except _SkipEpisode as reason:
-                line = f"{episode.path}: {reason}"
-                skipped.append(line)
-                warn(f"skipping damaged episode {line}")
-                continue
-            if document["steps"]:
-                previous_end = document["last_stamp_ns"]
-            documents.append(document)
-        relay(caught)
-    for w in others:  # not the store's damage reports: passed on as they came
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for episode in readable_episodes(session_dir, warn, skipped, ("obs/q", "obs/dq")):
+        try:
+            document = _write_episode(bag, session_dir, episode, spec, model, previous_end, period_ns)
+        except SkipEpisode as reason:
+            skip(episode, str(reason), warn, skipped)
+            continue
+        if document["steps"]:
+            previous_end = document["last_stamp_ns"]
+        documents.append(document)
     return documents, skipped
-
-
-class _SkipEpisode(Exception):
-    """An episode whose arrays cannot be exported (checked before anything of it is written)."""
 
 
 def _write_episode(
@@ -290,21 +233,21 @@ def _write_episode(
     fields = episode.fields
     for key in ("obs/q", "obs/dq"):
         if fields[key].shape != (7,):
-            raise _SkipEpisode(f"{key} holds {fields[key].shape} values per step, not 7")
+            raise SkipEpisode(f"{key} holds {fields[key].shape} values per step, not 7")
     cameras = sorted(key.removeprefix(IMAGE_PREFIX) for key in fields if key.startswith(IMAGE_PREFIX))
     for name in cameras:
         shape = fields[IMAGE_PREFIX + name].shape
         if len(shape) != 3 or shape[2] != 3 or fields[IMAGE_PREFIX + name].dtype != np.uint8:
-            raise _SkipEpisode(f"{IMAGE_PREFIX}{name} is {shape} {fields[IMAGE_PREFIX + name].dtype}, not uint8 HxWx3")
+            raise SkipEpisode(f"{IMAGE_PREFIX}{name} is {shape} {fields[IMAGE_PREFIX + name].dtype}, not uint8 HxWx3")
     try:
         if "time" in fields:
             time_s = np.asarray(episode.load("time"), dtype=np.float64).reshape(-1)
         else:  # never written by the collector; then the control period stands in
             time_s = episode.step_index() / spec.control_rate_hz
     except Exception as error:  # h5py may raise anything on damaged data
-        raise _SkipEpisode(f"time cannot be read: {_one_line(error)}") from None
+        raise SkipEpisode(f"time cannot be read: {one_line(error)}") from None
     if not np.all(np.isfinite(time_s)):
-        raise _SkipEpisode("its time stamps are not all finite")
+        raise SkipEpisode("its time stamps are not all finite")
     try:
         relative_file = episode.path.relative_to(session_dir).as_posix()
     except ValueError:
@@ -352,7 +295,7 @@ def _write_episode(
         try:
             arrays = {k: np.ascontiguousarray(episode[k][start:stop]) for k in vector_keys + image_keys}
         except Exception as error:  # the file changed or is damaged past its checksum: abort, write nothing
-            raise ExportError(f"{episode.path}: cannot be read: {_one_line(error)}") from None
+            raise ExportError(f"{episode.path}: cannot be read: {one_line(error)}") from None
         vectors = {k: arrays[k].astype(np.float64, copy=False) for k in vector_keys}
         for row in range(stop - start):
             ns = int(stamps[start + row])
