@@ -516,8 +516,8 @@ def watch(
     except TimeoutError as error:
         print(error, file=sys.stderr)
         code = 1
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # Ctrl-C is how an operator ends a watch: exit 0, the recording is kept
+        code = 0
     finally:
         try:
             sink.close()
