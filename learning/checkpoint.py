@@ -13,9 +13,12 @@ kind, task, data or hyper-parameters) is refused.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
+import signal
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -102,6 +105,28 @@ def make_checkpoint(
         "train_seconds": state.train_seconds,
         "eval_seconds": state.eval_seconds,
     }
+
+
+@contextlib.contextmanager
+def ctrl_c_held():
+    """Hold Ctrl-C (SIGINT) until the block ends, then act on it: a checkpoint's rename and the
+    trainer's record of the step it holds happen together, so the one line printed after Ctrl-C
+    names the checkpoint really on disk. Off the main thread (where handlers cannot be set) the
+    block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            if callable(previous):
+                previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt here
+            elif previous == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)
 
 
 def write_checkpoint(path: Path, ckpt: dict[str, Any]) -> Path:

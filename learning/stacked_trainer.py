@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from learning.checkpoint import (
+    ctrl_c_held,
     find_resume_checkpoint,
     rng_state,
     settle_pending_checkpoints,
@@ -218,9 +219,10 @@ class StackedTrainer:
     def save_checkpoints(self) -> None:
         """Every agent's checkpoint, written together."""
         self.stack.to_agents()
-        write_checkpoints_together(
-            [(a.run_dir / "checkpoint.pt", a.checkpoint(rng)) for a, rng in zip(self.agents, self._rng, strict=True)]
-        )
-        for agent in self.agents:
-            agent.saved_step = self.step
-        self.saved_step = self.step
+        pairs = zip(self.agents, self._rng, strict=True)
+        checkpoints = [(a.run_dir / "checkpoint.pt", a.checkpoint(rng)) for a, rng in pairs]
+        with ctrl_c_held():
+            write_checkpoints_together(checkpoints)
+            for agent in self.agents:
+                agent.saved_step = self.step
+            self.saved_step = self.step

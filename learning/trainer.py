@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from learning.checkpoint import RunState, find_resume_checkpoint, make_checkpoint, restore_checkpoint, write_checkpoint
+from learning.checkpoint import (
+    RunState,
+    ctrl_c_held,
+    find_resume_checkpoint,
+    make_checkpoint,
+    restore_checkpoint,
+    write_checkpoint,
+)
 from learning.progress import LoopClock, MetricsLog, Progress, StageLog, eval_text
 from learning.train_config import (
     EVAL_STEPS_CAP,
@@ -173,8 +180,9 @@ class Trainer:
     # -- checkpoints
 
     def save_checkpoint(self) -> Path:
-        path = write_checkpoint(self.run_dir / "checkpoint.pt", self.checkpoint())
-        self.saved_step = self.step
+        with ctrl_c_held():
+            path = write_checkpoint(self.run_dir / "checkpoint.pt", self.checkpoint())
+            self.saved_step = self.step
         return path
 
     def checkpoint(self, rng: dict[str, Any] | None = None) -> dict[str, Any]:

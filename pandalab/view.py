@@ -22,7 +22,7 @@ step's number in its episode, `Episode.step_index`, so a salvaged episode keeps 
   incidents, faults, operator commands) as `rr.TextLog` markers, and ``world/E/events`` as red
   points at the tool tip.  events.jsonl stamps the wall clock while steps carry the driver's clock,
   so an event is placed at the step its wall-clock time falls on, interpolated between the episode
-  file's ``started_at`` and ``finished_at`` (millisecond resolution; a safety stop logged after
+  file's ``started_at`` and ``finished_at`` (microsecond resolution; a safety stop logged after
   the last step lands on the last step);
 - ``E/episode``: one line at the first step: index, outcome, steps, file.
 

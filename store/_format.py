@@ -128,7 +128,7 @@ def check_key(key: object) -> str:
 
 
 def now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def json_default(obj: Any) -> Any:

@@ -197,6 +197,37 @@ def test_sigkill_then_rerun_equals_the_uninterrupted_stacked_run(session, tmp_pa
         assert load_checkpoint(out / name)["step"] == steps
 
 
+def test_ctrl_c_between_the_agents_renames_is_held_until_every_checkpoint_is_in_place(session, tmp_path, monkeypatch):
+    """Ctrl-C landing after the first agent's rename: held until every agent's checkpoint is renamed
+    and recorded, so the line printed names checkpoints that are all on disk at that update."""
+    import learning.checkpoint as checkpoint_module
+    from pandalab.train import stacked_interrupted_text
+
+    real_replace, renamed = checkpoint_module.os.replace, []
+
+    def replace_then_ctrl_c(src, dst):  # os.replace everywhere: also the temp file -> .pending renames
+        real_replace(src, dst)
+        if Path(dst).name != "checkpoint.pt":
+            return
+        renamed.append(dst)
+        if len(renamed) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(100):  # Python acts on a signal between bytecodes: give it many
+                time.sleep(0.001)
+
+    monkeypatch.setattr(checkpoint_module.os, "replace", replace_then_ctrl_c)
+    configs = agent_configs(config(session, tmp_path / "out", updates=1000), [3, 4, 5])
+    trainer = StackedTrainer(configs)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    monkeypatch.undo()
+    assert trainer.saved_step == 20 and len(renamed) == 3
+    assert [load_checkpoint(c.run_dir() / "checkpoint.pt")["step"] for c in configs] == [20, 20, 20]
+    assert not list((tmp_path / "out").rglob("*.pending")), "a half-done commit was left"
+    line = stacked_interrupted_text(configs, trainer, "pandalab train ...")
+    assert "interrupted at update 20; last checkpoints (update 20) in " in line, line
+
+
 def _fake(path: Path, step: int, pending: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     target = path.with_name(path.name + ".pending") if pending else path

@@ -147,6 +147,33 @@ def test_ctrl_c_prints_one_line_with_the_last_checkpoint_and_the_command_that_re
     assert "data: checking the episodes of s: 3/3" in err and "update 1/1000000" in err, err
 
 
+def test_ctrl_c_while_a_checkpoint_is_renamed_into_place_names_that_checkpoint(session, tmp_path, monkeypatch):
+    """Ctrl-C landing just after the rename (before the trainer recorded the step) is held until the
+    step is recorded: the line printed names the checkpoint really on disk, not "no checkpoint yet"."""
+    import learning.trainer as trainer_module
+    from learning.trainer import Trainer
+    from pandalab.train import interrupted_text
+
+    real_write = trainer_module.write_checkpoint
+
+    def write_then_ctrl_c(path, ckpt):
+        written = real_write(path, ckpt)
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100):  # Python acts on a signal between bytecodes: give it many
+            time.sleep(0.001)
+        return written
+
+    monkeypatch.setattr(trainer_module, "write_checkpoint", write_then_ctrl_c)
+    cfg = config(session, tmp_path / "run", updates=1000, checkpoint_every=20)
+    trainer = Trainer(cfg)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    assert trainer.saved_step == load_checkpoint(tmp_path / "run")["step"] == 20
+    line = interrupted_text(cfg, trainer, "pandalab train ...")
+    assert f"last checkpoint {cfg.run_dir() / 'checkpoint.pt'} (update 20); resume with: " in line, line
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C acts as before afterwards
+
+
 def test_report_json_and_eval_command(session, tmp_path, capsys):
     out = tmp_path / "run"
     report = train(config(session, out, updates=40, eval_every=20, eval_episodes=2, eval_steps=15))
