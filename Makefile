@@ -83,7 +83,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 test: lint $(FRANKY_SIM_STAMP) $(LEROBOT_STAMP) $(STANDIN_C)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 # Collect in simulation with the real daemon, train TD3+BC and BC on reach:0, evaluate, print the table.
 # DEMO_ARGS adds options of `pandalab demo` (e.g. DEMO_ARGS="--updates 1000" for a shorter run).
