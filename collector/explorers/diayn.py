@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import copy
 import math
-import pathlib
 from typing import Any
 
 import numpy as np
@@ -74,10 +73,10 @@ from torch import nn
 
 import nets
 from collector.explorers.base import Explorer, ExplorerConfig, ExplorerSpec
-from collector.explorers.replay import explorer_observation
+from collector.explorers.replay import EncodedEpisodes
 from collector.explorers.sse import ENCODE_BATCH, ImageFeatures
 from collector.explorers.torch_common import cpu_copy
-from store import DamagedEpisodeError, Episode, SessionReader, SessionSpec, read_session_spec
+from store import Episode
 
 
 class DIAYNConfig(ExplorerConfig):
@@ -228,79 +227,26 @@ class DIAYN(Explorer):
     # ---- replay from the store ------------------------------------------------------------------
     def _forget_replay(self) -> None:
         """Drop what was read from the store (the next `train` reads it again)."""
-        self.reader: SessionReader | None = None
-        self.session: SessionSpec | None = None
-        self.observation_kind: str | None = None
-        self.fields: tuple[str, ...] = ()
-        self._episodes: dict[int, dict[str, Any]] = {}
-        """Per store index: states x, scaled actions a, skill (and pair_rows with gaps)."""
-        self._arrays: dict[str, np.ndarray] | None = None
+        self.replay = EncodedEpisodes(self.spec, self.encode, self.action_limit, self.state_dim, self._skill_labels)
         self.unlabelled_episodes: list[int] = []
         """Store indices of episodes without a valid skill in their metadata (not used)."""
 
-    def _open(self, session_dir: pathlib.Path) -> None:
-        self.session = read_session_spec(session_dir)
-        self.observation_kind = explorer_observation(self.session, self.spec)
-        self.fields = self.session.observation_fields(self.observation_kind)
-        self.reader = SessionReader(session_dir, required_keys=(*self.fields, "action"), max_cached_episodes=0)
-
-    def _episode_data(self, episode: Episode) -> dict[str, Any] | None:
+    def _skill_labels(self, episode: Episode) -> dict[str, np.ndarray] | None:
+        """Per step: the episode's skill z (``metadata.skill``); None (left out) without a valid one."""
         skill = episode.metadata.get("skill")
         if isinstance(skill, bool) or not isinstance(skill, int) or not 0 <= skill < self.config.num_skills:
             self.unlabelled_episodes.append(episode.index)
             return None
-        try:
-            arrays = self.reader.arrays(episode.index, (*self.fields, "action"))
-        except DamagedEpisodeError:
-            return None
-        states = self.encode(self.session.observation_from(arrays, self.observation_kind)).numpy()
-        actions = np.clip(arrays["action"] / self.action_limit, -1.0, 1.0).astype(np.float32)
-        data: dict[str, Any] = {"x": states.astype(np.float32), "a": actions, "skill": skill}
-        segments = self.reader.segments(episode.index)
-        if len(segments) > 1:  # steps missing: rows t whose row t + 1 is the next step
-            data["pair_rows"] = np.concatenate([np.arange(a, b - 1) for a, b in segments]).astype(np.int64)
-        return data
-
-    def _refresh(self, store: Any) -> None:
-        session_dir = pathlib.Path(getattr(store, "session_dir", store))
-        if self.reader is None or self.reader.session_dir != session_dir:
-            self._open(session_dir)
-        added = False
-        for episode in self.reader.refresh():
-            data = self._episode_data(episode) if episode.steps else None
-            if data is not None:
-                self._episodes[episode.index] = data
-                added = True
-        if added or self._arrays is None:
-            self._arrays = self._concatenate()
-
-    def _concatenate(self) -> dict[str, np.ndarray]:
-        episodes = [self._episodes[i] for i in sorted(self._episodes)]
-        rows = [e.get("pair_rows", np.arange(len(e["x"]) - 1)) for e in episodes]
-        parts: dict[str, list[np.ndarray]] = {"x": [], "a": [], "next_x": [], "z": [], "all_x": [], "all_z": []}
-        for e, r in zip(episodes, rows, strict=True):
-            parts["x"].append(e["x"][r])
-            parts["a"].append(e["a"][r])
-            parts["next_x"].append(e["x"][r + 1])
-            parts["z"].append(np.full(len(r), e["skill"], dtype=np.int64))
-            parts["all_x"].append(e["x"])
-            parts["all_z"].append(np.full(len(e["x"]), e["skill"], dtype=np.int64))
-        empty = {
-            "x": np.zeros((0, self.state_dim), np.float32),
-            "a": np.zeros((0, self.spec.action_dim), np.float32),
-            "z": np.zeros(0, np.int64),
-        }
-        empty |= {"next_x": empty["x"], "all_x": empty["x"], "all_z": empty["z"]}
-        return {key: np.concatenate(value) if value else empty[key] for key, value in parts.items()}
+        return {"z": np.full(episode.steps, skill, dtype=np.int64)}
 
     @property
     def transitions(self) -> int:
-        """(s, a, s', z) transitions in the replay cache."""
-        return 0 if self._arrays is None else len(self._arrays["x"])
+        """(s, a, s', z) transitions in the replay."""
+        return self.replay.transitions
 
     # ---- training -------------------------------------------------------------------------------
     def train(self, store: Any) -> dict[str, float]:
-        self._refresh(store)
+        self.replay.refresh(store)
         self.train_calls += 1
         warmup = self.config.warmup_transitions or self.config.batch_size
         new = max(self.transitions - self.transitions_consumed, 0)
@@ -319,7 +265,7 @@ class DIAYN(Explorer):
 
     def update(self) -> dict[str, float]:
         """One SAC step on the skill reward and one discriminator step, on one batch."""
-        c, data = self.config, self._arrays
+        c, data = self.config, self.replay.arrays
         rows = self.rng.integers(0, len(data["x"]), size=c.batch_size)
         x, a, next_x = (torch.from_numpy(data[key][rows]) for key in ("x", "a", "next_x"))
         z = torch.from_numpy(data["z"][rows])

@@ -1,5 +1,6 @@
-"""The episode store as the replay buffer of the learned explorers `rnd` and `gcrnd` (DESIGN.md:
-the store is the replay buffer).
+"""The episode store as the replay buffer of the learned explorers (DESIGN.md: the store is the
+replay buffer): `EpisodeReplay` for `rnd` and `gcrnd` (arrays read on use, sampled by episode and
+step), `EncodedEpisodes` for `sse` and `diayn` (every step encoded once and held as arrays).
 
 Each `train(store)` of an explorer registers (`EpisodeReplay.sync`) the finished episodes the
 manifest lists that it has not seen, through the store's reader (`store.SessionReader`: each
@@ -24,13 +25,16 @@ field), as recorded; the explorer scales them to [-1, 1].
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+import torch
 from pydantic import Field
 
 from collector.explorers.base import ExplorerSpec
 from safety.strict_model import StrictModel
-from store import DamagedEpisodeError, SessionReader, SessionSpec, read_session_spec
+from store import DamagedEpisodeError, Episode, SessionReader, SessionSpec, read_session_spec
 from store.spec import OBSERVATION_FIELDS
 
 
@@ -201,3 +205,102 @@ class EpisodeReplay:
         except DamagedEpisodeError:
             self._rebuild()
             return None
+
+
+class EncodedEpisodes:
+    """The replay of the explorers that train on encoded states held in memory (`sse`, `diayn`).
+
+    `refresh(store)` reads each episode the store's reader lists since the last call, once: its
+    observations put together as the collector did (`SessionSpec.observation_from`), encoded by the
+    explorer's ``encode`` (its fixed random image encoder, or the identity on vectors), its actions
+    divided by ``action_limit`` and clipped to [-1, 1], and the per-step ``labels`` the explorer
+    gives the episode (``labels(episode)``: arrays of one value per step, e.g. SSE's done flags
+    or DIAYN's skill; None leaves the episode out unread).  Then everything is concatenated:
+
+    - ``x``, ``a``, ``next_x`` and each label ``L``: the (s_t, a_t, s_t+1) transitions, never across
+      missing steps of a salvaged episode (`SessionReader.segments`) nor past its last step;
+    - ``all_x``, ``all_a`` and ``all_L``: every recorded step.
+
+    Nothing of it is checkpointed: after a restart the next `refresh` rebuilds it from the store."""
+
+    def __init__(
+        self,
+        spec: ExplorerSpec,
+        encode: Callable[[np.ndarray], torch.Tensor],
+        action_limit: np.ndarray,
+        state_dim: int,
+        labels: Callable[[Episode], dict[str, np.ndarray] | None],
+    ) -> None:
+        self.spec, self.encode, self.action_limit, self.state_dim, self.labels = (
+            spec,
+            encode,
+            action_limit,
+            state_dim,
+            labels,
+        )
+        self.reader: SessionReader | None = None
+        self.session: SessionSpec | None = None
+        self.observation_kind: str | None = None
+        self.fields: tuple[str, ...] = ()
+        self._episodes: dict[int, dict[str, np.ndarray]] = {}
+        """Per store index: states x, scaled actions a, the labels (and pair_rows with gaps)."""
+        self._label_names: tuple[str, ...] = ()
+        self.arrays: dict[str, np.ndarray] | None = None
+        """The concatenated arrays (class docstring); None before the first `refresh`."""
+
+    @property
+    def transitions(self) -> int:
+        """(s, a, s') transitions held."""
+        return 0 if self.arrays is None else len(self.arrays["x"])
+
+    def refresh(self, store: Any) -> int:
+        """Read the episodes listed since the last call (``store``: a SessionStore or its
+        directory); returns how many were added."""
+        session_dir = pathlib.Path(getattr(store, "session_dir", store))
+        if self.reader is None or self.reader.session_dir != session_dir:
+            self.session = read_session_spec(session_dir)
+            self.observation_kind = explorer_observation(self.session, self.spec)
+            self.fields = self.session.observation_fields(self.observation_kind)
+            self.reader = SessionReader(session_dir, required_keys=(*self.fields, "action"), max_cached_episodes=0)
+        added = 0
+        for episode in self.reader.refresh():
+            data = self._episode_data(episode) if episode.steps else None
+            if data is not None:
+                self._episodes[episode.index] = data
+                added += 1
+        if added or self.arrays is None:
+            self.arrays = self._concatenate()
+        return added
+
+    def _episode_data(self, episode: Episode) -> dict[str, np.ndarray] | None:
+        labels = self.labels(episode)
+        if labels is None:
+            return None
+        try:
+            arrays = self.reader.arrays(episode.index, (*self.fields, "action"))
+        except DamagedEpisodeError:  # the reader has warned
+            return None
+        states = self.encode(self.session.observation_from(arrays, self.observation_kind)).numpy()
+        actions = np.clip(arrays["action"] / self.action_limit, -1.0, 1.0).astype(np.float32)
+        data = {"x": states.astype(np.float32), "a": actions, **labels}
+        self._label_names = tuple(labels)
+        segments = self.reader.segments(episode.index)
+        if len(segments) > 1:  # steps missing: rows t whose row t + 1 is the next step
+            data["pair_rows"] = np.concatenate([np.arange(a, b - 1) for a, b in segments]).astype(np.int64)
+        return data
+
+    def _concatenate(self) -> dict[str, np.ndarray]:
+        episodes = [self._episodes[i] for i in sorted(self._episodes)]
+        empty = {
+            "x": np.zeros((0, self.state_dim), np.float32),
+            "a": np.zeros((0, self.spec.action_dim), np.float32),
+        }
+        for name in self._label_names:
+            empty[name] = np.zeros(0, episodes[0][name].dtype if episodes else np.float32)
+        out: dict[str, np.ndarray] = {}
+        rows = [e.get("pair_rows", np.arange(len(e["x"]) - 1)) for e in episodes]
+        for key in ("x", "a", *self._label_names):
+            out[key] = np.concatenate([e[key][r] for e, r in zip(episodes, rows, strict=True)] or [empty[key]])
+            out[f"all_{key}"] = np.concatenate([e[key] for e in episodes] or [empty[key]])
+        out["next_x"] = np.concatenate([e["x"][r + 1] for e, r in zip(episodes, rows, strict=True)] or [empty["x"]])
+        return out

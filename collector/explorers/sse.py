@@ -94,7 +94,6 @@ after a 200-step episode and ~100 s after a 1000-step one: on hardware, set a bu
 from __future__ import annotations
 
 import math
-import pathlib
 from typing import Any, Literal
 
 import numpy as np
@@ -105,8 +104,8 @@ from torch import nn
 
 import nets
 from collector.explorers.base import Explorer, ExplorerConfig, ExplorerSpec
-from collector.explorers.replay import explorer_observation
-from store import DamagedEpisodeError, Episode, SessionReader, SessionSpec, read_session_spec
+from collector.explorers.replay import EncodedEpisodes
+from store import Episode
 
 ENCODE_BATCH = 256
 """Frames encoded at once when a stored image episode is turned into latents."""
@@ -267,75 +266,22 @@ class SelfSupervisedExploration(Explorer):
     # ---- replay from the store ------------------------------------------------------------------
     def _forget_replay(self) -> None:
         """Drop what was read from the store (the next `train` reads it again)."""
-        self.reader: SessionReader | None = None
-        self.session: SessionSpec | None = None
-        self.observation_kind: str | None = None
-        self.fields: tuple[str, ...] = ()
-        self._episodes: dict[int, dict[str, np.ndarray]] = {}
-        """Per store index: states x, scaled actions a, done labels (and pair_rows with gaps)."""
-        self._arrays: dict[str, np.ndarray] | None = None
+        self.replay = EncodedEpisodes(self.spec, self.encode, self.action_limit, self.state_dim, self._done_labels)
 
-    def _open(self, session_dir: pathlib.Path) -> None:
-        self.session = read_session_spec(session_dir)
-        self.observation_kind = explorer_observation(self.session, self.spec)
-        self.fields = self.session.observation_fields(self.observation_kind)
-        self.reader = SessionReader(session_dir, required_keys=(*self.fields, "action"), max_cached_episodes=0)
-
-    def _episode_data(self, episode: Episode) -> dict[str, np.ndarray] | None:
-        """States, scaled actions and done labels of a newly listed episode; None if it turns out
-        damaged (the reader has warned)."""
-        try:
-            arrays = self.reader.arrays(episode.index, (*self.fields, "action"))
-        except DamagedEpisodeError:
-            return None
-        states = self.encode(self.session.observation_from(arrays, self.observation_kind)).numpy()
-        actions = np.clip(arrays["action"] / self.action_limit, -1.0, 1.0).astype(np.float32)
+    def _done_labels(self, episode: Episode) -> dict[str, np.ndarray]:
+        """Per step: 1 at the last step of an episode that ended in one of `done_outcomes`, else 0."""
         done = np.zeros(episode.steps, dtype=np.float32)
         done[-1] = float(episode.outcome in self.config.done_outcomes)
-        segments = self.reader.segments(episode.index)
-        data = {"x": states.astype(np.float32), "a": actions, "done": done}
-        if len(segments) > 1:  # steps missing: rows t with a recorded next state t + 1 (no gap between)
-            data["pair_rows"] = np.concatenate([np.arange(a, b - 1) for a, b in segments]).astype(np.int64)
-        return data
-
-    def _refresh(self, store: Any) -> int:
-        """Read the episodes listed since the last call; returns how many were added."""
-        session_dir = pathlib.Path(getattr(store, "session_dir", store))
-        if self.reader is None or self.reader.session_dir != session_dir:
-            self._open(session_dir)
-        added = 0
-        for episode in self.reader.refresh():
-            data = self._episode_data(episode) if episode.steps else None
-            if data is not None:
-                self._episodes[episode.index] = data
-                added += 1
-        if added or self._arrays is None:
-            self._arrays = self._concatenate()
-        return added
-
-    def _concatenate(self) -> dict[str, np.ndarray]:
-        episodes = [self._episodes[i] for i in sorted(self._episodes)]
-        empty_x = np.zeros((0, self.state_dim), np.float32)
-        empty_a = np.zeros((0, self.spec.action_dim), np.float32)
-        rows = [e.get("pair_rows", slice(0, -1)) for e in episodes]  # t with x_t+1 recorded: no gap
-        nexts = [r + 1 if isinstance(r, np.ndarray) else slice(1, None) for r in rows]
-        return {
-            "x": np.concatenate([e["x"][r] for e, r in zip(episodes, rows, strict=True)] or [empty_x]),
-            "a": np.concatenate([e["a"][r] for e, r in zip(episodes, rows, strict=True)] or [empty_a]),
-            "next_x": np.concatenate([e["x"][r] for e, r in zip(episodes, nexts, strict=True)] or [empty_x]),
-            "all_x": np.concatenate([e["x"] for e in episodes] or [empty_x]),
-            "all_a": np.concatenate([e["a"] for e in episodes] or [empty_a]),
-            "done": np.concatenate([e["done"] for e in episodes] or [np.zeros(0, np.float32)]),
-        }
+        return {"done": done}
 
     @property
     def transitions(self) -> int:
-        """(x, a, x') transitions in the replay cache."""
-        return 0 if self._arrays is None else len(self._arrays["x"])
+        """(x, a, x') transitions in the replay."""
+        return self.replay.transitions
 
     # ---- training -------------------------------------------------------------------------------
     def train(self, store: Any) -> dict[str, float]:
-        self._refresh(store)
+        self.replay.refresh(store)
         self.train_calls += 1
         warmup = self.config.warmup_transitions or self.config.batch_size
         new = max(self.transitions - self.transitions_consumed, 0)
@@ -360,7 +306,7 @@ class SelfSupervisedExploration(Explorer):
 
     def update(self) -> dict[str, float]:
         """One gradient update of both forward models, the termination model and the actor."""
-        data = self._arrays
+        data = self.replay.arrays
         stats: dict[str, float] = {}
         for i, (model, optimizer) in enumerate(zip(self.models, self.model_optimizers, strict=True)):
             rows = self._batch(len(data["x"]))
@@ -371,7 +317,7 @@ class SelfSupervisedExploration(Explorer):
             optimizer.step()
             stats[f"model{i + 1}_loss"] = float(loss.detach())
         rows = self._batch(len(data["all_x"]))
-        x, a, done = (torch.from_numpy(data[k][rows]) for k in ("all_x", "all_a", "done"))
+        x, a, done = (torch.from_numpy(data[k][rows]) for k in ("all_x", "all_a", "all_done"))
         loss = F.binary_cross_entropy_with_logits(self.done_head(torch.cat([x, a], -1)).squeeze(-1), done)
         self.done_optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -109,7 +109,7 @@ def test_the_reward_is_log_q_of_the_skill_given_the_next_state_minus_log_p_z(sto
     np.testing.assert_allclose(explorer.skill_reward(states, skills).detach().numpy(), expected, rtol=1e-5, atol=1e-5)
 
     explorer.train(store)
-    data = explorer._arrays
+    data = explorer.replay.arrays
     replay = np.random.default_rng()  # the update's draw of rows, replayed from the explorer's generator
     replay.bit_generator.state = explorer.rng.bit_generator.state
     rows = replay.integers(0, len(data["x"]), size=TINY["batch_size"])
@@ -175,15 +175,15 @@ def test_train_reads_each_episodes_skill_from_its_metadata_and_skips_unlabelled_
     assert explorer.unlabelled_episodes == [unlabelled]
     episodes = [e for e in iter_episodes(store.session_dir) if e.index != unlabelled]
     skills = {e.index: e.metadata["skill"] for e in episodes}
-    assert sorted(explorer._episodes) == sorted(skills)
-    assert all(explorer._episodes[i]["skill"] == skill for i, skill in skills.items())
-    np.testing.assert_array_equal(explorer._arrays["z"], np.repeat([skills[i] for i in sorted(skills)], STEPS - 1))
+    data = explorer.replay.arrays
+    np.testing.assert_array_equal(data["z"], np.repeat([skills[i] for i in sorted(skills)], STEPS - 1))
+    np.testing.assert_array_equal(data["all_z"], np.repeat([skills[i] for i in sorted(skills)], STEPS))
     assert stats["diayn_transitions"] == len(episodes) * (STEPS - 1) and stats["diayn_updates"] == 1
     # transitions are (s_t, s_t+1) of one episode: q2 holds the step, normalised by 2.9
-    step = np.round(explorer._arrays["x"][:, 2] * 2.9 * 100)
-    np.testing.assert_array_equal(np.round(explorer._arrays["next_x"][:, 2] * 2.9 * 100), step + 1)
+    step = np.round(data["x"][:, 2] * 2.9 * 100)
+    np.testing.assert_array_equal(np.round(data["next_x"][:, 2] * 2.9 * 100), step + 1)
     # the skill's toy region: the discriminator's labels are the episodes' own
-    np.testing.assert_array_equal(np.sign(explorer._arrays["x"][:, :2] * 2.9), np.sign(CENTRES[explorer._arrays["z"]]))
+    np.testing.assert_array_equal(np.sign(data["x"][:, :2] * 2.9), np.sign(CENTRES[data["z"]]))
 
 
 # ------------------------------------------------------------------------------- acting, bounds
@@ -211,7 +211,7 @@ def test_image_observations_train_on_latents(store):
     explorer = _explorer(IMAGE_SPEC, feature_dim=8)
     stats = explorer.train(store)
     assert stats["diayn_updates"] == 5 and np.isfinite(stats["diayn_critic_loss"])
-    assert explorer._arrays["x"].shape == (2 * K * (STEPS - 1), 8) and explorer.discriminator[0].in_features == 8
+    assert explorer.replay.arrays["x"].shape == (2 * K * (STEPS - 1), 8) and explorer.discriminator[0].in_features == 8
 
 
 def test_the_image_explorer_reads_the_first_camera_the_session_names(tmp_path):
@@ -229,7 +229,7 @@ def test_the_image_explorer_reads_the_first_camera_the_session_names(tmp_path):
         explorer = _explorer(IMAGE_SPEC)
         explorer.train(two_cameras)
         side = np.concatenate([e.load("obs/images/side") for e in iter_episodes(two_cameras.session_dir)])
-        np.testing.assert_array_equal(explorer._arrays["all_x"], explorer.encode(side).numpy())
+        np.testing.assert_array_equal(explorer.replay.arrays["all_x"], explorer.encode(side).numpy())
 
 
 # ------------------------------------------------------------------------------------ resume

@@ -69,17 +69,17 @@ def gapped_session(tmp_path):
     """Episode 0 whole (12 steps), episode 1 salvaged with steps 10..19 missing, episode 2 whole."""
     rng = np.random.default_rng(0)
     with SessionStore.open(tmp_path, "s", session_yaml_text="robot: {}\n", **FLUSH) as store:
-        recorder = store.begin_episode({"explorer": "test"})
+        recorder = store.begin_episode({"explorer": "test", "skill": 3})
         _record(recorder, STEPS, rng)
         recorder.finish("complete")
-        damaged = store.begin_episode({"explorer": "test"})
+        damaged = store.begin_episode({"explorer": "test", "skill": 3})
         _record(damaged, GAPPED_STEPS, rng)
         damaged.abandon()
     data = bytearray(damaged.path.read_bytes())
     data[scan_partial(damaged.path).chunks[1][2] + 3] ^= 0xFF  # an array byte of steps 10..19
     damaged.path.write_bytes(bytes(data))
     with SessionStore.open(tmp_path, "s", **FLUSH) as store:  # salvages episode 1
-        recorder = store.begin_episode({"explorer": "test"})
+        recorder = store.begin_episode({"explorer": "test", "skill": 3})
         _record(recorder, STEPS, rng)
         recorder.finish("complete")
         session_dir = store.session_dir
@@ -161,7 +161,7 @@ def test_sse_transitions_stay_inside_segments_and_a_gap_is_not_done(gapped_sessi
     explorer = make_explorer("sse", SPEC, SMALL_SSE | {"done_outcomes": ["crash_salvaged"]}, seed=0)
     stats = explorer.train(gapped_session)
     assert stats["sse_updates"] == 3 and np.isfinite(stats["sse_policy_loss"])
-    data = explorer._arrays
+    data = explorer.replay.arrays
     steps = np.round(data["x"][:, 1] * 2.9 * 100).astype(int)  # normalised by the spec's bounds
     next_steps = np.round(data["next_x"][:, 1] * 2.9 * 100).astype(int)
     assert np.all(next_steps - steps == 1), "a transition crossed the missing steps"
@@ -169,5 +169,17 @@ def test_sse_transitions_stay_inside_segments_and_a_gap_is_not_done(gapped_sessi
     assert 9 not in steps[STEPS - 1 : STEPS - 1 + TRANSITIONS[1]]
     all_steps = np.round(data["all_x"][:, 1] * 2.9 * 100).astype(int)
     assert len(all_steps) == 2 * STEPS + 30
-    assert np.flatnonzero(data["done"]).tolist() == [STEPS + 29], "done: the salvaged episode's last step only"
-    assert data["done"][STEPS + 9] == 0 and all_steps[STEPS + 9] == 9, "the step before the gap is not done"
+    assert np.flatnonzero(data["all_done"]).tolist() == [STEPS + 29], "done: the salvaged episode's last step only"
+    assert data["all_done"][STEPS + 9] == 0 and all_steps[STEPS + 9] == 9, "the step before the gap is not done"
+
+
+def test_diayn_transitions_stay_inside_segments_with_the_episodes_skill(gapped_session):
+    explorer = make_explorer("diayn", SPEC, {"hidden": [16, 16], "batch_size": 8, "updates_per_episode": 2}, seed=0)
+    stats = explorer.train(gapped_session)
+    assert stats["diayn_updates"] == 2 and explorer.unlabelled_episodes == []
+    data = explorer.replay.arrays
+    steps = np.round(data["x"][:, 1] * 2.9 * 100).astype(int)  # normalised by the spec's bounds
+    next_steps = np.round(data["next_x"][:, 1] * 2.9 * 100).astype(int)
+    assert np.all(next_steps - steps == 1), "a transition crossed the missing steps"
+    assert explorer.transitions == sum(TRANSITIONS.values()) and len(data["all_x"]) == 2 * STEPS + 30
+    assert set(data["z"].tolist()) == set(data["all_z"].tolist()) == {3} and len(data["z"]) == len(data["x"])

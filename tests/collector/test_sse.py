@@ -100,7 +100,7 @@ def test_training_lowers_the_model_loss_on_a_linear_system(store):
     explorer = _explorer(updates_per_episode=0, model_lr=2e-3)
     explorer.train(store)
     assert explorer.transitions == 4 * 29
-    assert explorer._arrays["done"].sum() == 1, "only the last step of the safety_stop episode is done"
+    assert explorer.replay.arrays["all_done"].sum() == 1, "only the last step of the safety_stop episode is done"
     before = [explorer.update()["model1_loss"] for _ in range(5)]
     for _ in range(150):
         stats = explorer.update()
@@ -122,7 +122,7 @@ def test_actions_inside_the_box_and_image_observations_run(store):
             assert action.shape == (7,) and np.all(np.abs(action) <= 0.5)
         stats = explorer.train(store)
         assert stats["sse_updates"] == 5 and np.isfinite(stats["sse_policy_loss"])
-        assert explorer._arrays["x"].shape[1] == (50 if spec.observation_kind == "image" else 14)
+        assert explorer.replay.arrays["x"].shape[1] == (50 if spec.observation_kind == "image" else 14)
 
 
 @pytest.mark.parametrize("spec", [VECTOR_SPEC, IMAGE_SPEC], ids=["vector", "image"])
