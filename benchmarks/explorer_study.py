@@ -166,9 +166,16 @@ class Study:
         return [Job("collect", e, s) for e in self.explorers for s in self.budget.seeds]
 
     def trainings(self) -> list[Job]:
+        """Every training, the reach tasks of every dataset before the cube tasks: a study stopped
+        early has the whole reach table (001 Table 1) first."""
         b = self.budget
-        pairs = [*b.reach, *b.cube]
-        return [Job("train", e, s, a, t) for e in self.explorers for s in b.seeds for a, t in pairs]
+        return [
+            Job("train", e, s, a, t)
+            for pairs in (b.reach, b.cube)
+            for e in self.explorers
+            for s in b.seeds
+            for a, t in pairs
+        ]
 
     def result(self, job: Job) -> dict | None:
         path = self.out / "jobs" / f"{job.name}.json"
