@@ -73,7 +73,7 @@ from torch import nn
 
 import nets
 from collector.explorers.base import Explorer, ExplorerConfig, ExplorerSpec
-from collector.explorers.replay import EncodedEpisodes
+from collector.explorers.replay import EncodedEpisodes, train_per_new_transition
 from collector.explorers.sse import ENCODE_BATCH, ImageFeatures
 from collector.explorers.torch_common import cpu_copy
 from store import Episode
@@ -246,22 +246,7 @@ class DIAYN(Explorer):
 
     # ---- training -------------------------------------------------------------------------------
     def train(self, store: Any) -> dict[str, float]:
-        self.replay.refresh(store)
-        self.train_calls += 1
-        warmup = self.config.warmup_transitions or self.config.batch_size
-        new = max(self.transitions - self.transitions_consumed, 0)
-        self.transitions_consumed = self.transitions
-        counters = {"diayn_updates_total": self.updates, "diayn_transitions": self.transitions}
-        if self.transitions < warmup:
-            return {"diayn_updates": 0, **counters}
-        n_updates = new if self.config.updates_per_episode is None else self.config.updates_per_episode
-        totals: dict[str, float] = {}
-        for _ in range(n_updates):
-            for key, value in self.update().items():
-                totals[key] = totals.get(key, 0.0) + value
-        stats = {f"diayn_{key}": value / max(n_updates, 1) for key, value in totals.items()}
-        counters["diayn_updates_total"] = self.updates
-        return {**stats, "diayn_updates": n_updates, **counters}
+        return train_per_new_transition(self, store, "diayn")
 
     def update(self) -> dict[str, float]:
         """One SAC step on the skill reward and one discriminator step, on one batch."""

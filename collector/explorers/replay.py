@@ -304,3 +304,25 @@ class EncodedEpisodes:
             out[f"all_{key}"] = np.concatenate([e[key] for e in episodes] or [empty[key]])
         out["next_x"] = np.concatenate([e["x"][r + 1] for e, r in zip(episodes, rows, strict=True)] or [empty["x"]])
         return out
+
+
+def train_per_new_transition(explorer: Any, store: Any, prefix: str) -> dict[str, float]:
+    """The `train` of the explorers on `EncodedEpisodes` (`sse`, `diayn`; seed 001's budget: one
+    update per new transition): read the episodes added to the store (``explorer.replay``), then,
+    once the replay holds ``warmup_transitions`` (default: one batch), run ``explorer.update()``
+    once per transition added since the last call (or ``updates_per_episode`` times). Returns the
+    updates' mean statistics and the counters, each named ``<prefix>_...``."""
+    explorer.replay.refresh(store)
+    explorer.train_calls += 1
+    config, held = explorer.config, explorer.replay.transitions
+    new = max(held - explorer.transitions_consumed, 0)
+    explorer.transitions_consumed = held
+    n_updates, totals = 0, {}
+    if held >= (config.warmup_transitions or config.batch_size):
+        n_updates = new if config.updates_per_episode is None else config.updates_per_episode
+        for _ in range(n_updates):
+            for key, value in explorer.update().items():
+                totals[key] = totals.get(key, 0.0) + value
+    stats = {f"{prefix}_{key}": value / max(n_updates, 1) for key, value in totals.items()}
+    counters = {f"{prefix}_updates": n_updates, f"{prefix}_updates_total": explorer.updates}
+    return {**stats, **counters, f"{prefix}_transitions": held}

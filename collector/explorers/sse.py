@@ -104,7 +104,7 @@ from torch import nn
 
 import nets
 from collector.explorers.base import Explorer, ExplorerConfig, ExplorerSpec
-from collector.explorers.replay import EncodedEpisodes
+from collector.explorers.replay import EncodedEpisodes, train_per_new_transition
 from store import Episode
 
 ENCODE_BATCH = 256
@@ -281,25 +281,7 @@ class SelfSupervisedExploration(Explorer):
 
     # ---- training -------------------------------------------------------------------------------
     def train(self, store: Any) -> dict[str, float]:
-        self.replay.refresh(store)
-        self.train_calls += 1
-        warmup = self.config.warmup_transitions or self.config.batch_size
-        new = max(self.transitions - self.transitions_consumed, 0)
-        self.transitions_consumed = self.transitions
-        if self.transitions < warmup:
-            return {"sse_updates": 0, "sse_updates_total": self.updates, "sse_transitions": self.transitions}
-        n_updates = new if self.config.updates_per_episode is None else self.config.updates_per_episode
-        totals: dict[str, float] = {}
-        for _ in range(n_updates):
-            for key, value in self.update().items():
-                totals[key] = totals.get(key, 0.0) + value
-        stats = {f"sse_{key}": value / max(n_updates, 1) for key, value in totals.items()}
-        return {
-            **stats,
-            "sse_updates": n_updates,
-            "sse_updates_total": self.updates,
-            "sse_transitions": self.transitions,
-        }
+        return train_per_new_transition(self, store, "sse")
 
     def _batch(self, n: int) -> np.ndarray:
         return self.rng.integers(0, n, size=self.config.batch_size)
