@@ -332,9 +332,19 @@ class Study:
                 row[key] = _spread([c[key] for c in collected])
             sideways = [1.0 - c["top_face_counts"].get("yellow", 0) / max(1, c["steps"]) for c in collected]
             row["not_yellow_up"] = _spread(sideways)
+            sessions = [self.session_dir(Job("collect", explorer, s)) for s in self.budget.seeds]
+            row["steps_beside_cube"] = _spread(
+                [steps_beside_cube(s) for s in sessions if (s / "manifest.jsonl").exists()]
+            )
             for algo, task in self.budget.reach:
                 results = [self.result(Job("train", explorer, s, algo, task)) for s in self.budget.seeds]
                 row[f"{algo} {task}"] = _spread([r["closest_distance_m"] for r in results if r])
+            for task in dict.fromkeys(t for _, t in self.budget.reach):  # the data itself, once per task
+                closest = []
+                for seed in self.budget.seeds:
+                    done = [self.result(Job("train", explorer, seed, a, t)) for a, t in self.budget.reach if t == task]
+                    closest += [r["behaviour"]["closest_distance_m"] for r in done if r and r.get("behaviour")][:1]
+                row[f"data {task}"] = _spread(closest)
             for algo, task in self.budget.cube:
                 results = [self.result(Job("train", explorer, s, algo, task)) for s in self.budget.seeds]
                 row[f"{algo} {task}"] = _spread([r["success_rate"] for r in results if r])
@@ -356,7 +366,10 @@ class Study:
         b = self.budget
         reach = [f"{a} {t}" for a, t in b.reach]
         cube = [f"{a} {t}" for a, t in b.cube]
-        coverage_head = "| explorer | tip cells (5 cm) | cube cells (2 cm) | top-face entropy, bits | not yellow-up |"
+        coverage_head = (
+            "| explorer | tip cells (5 cm) | cube cells (2 cm) | top-face entropy, bits | not yellow-up "
+            "| steps beside the cube |"
+        )
         lines = [
             f"Explorer study: {b.transitions:,} transitions x {len(b.seeds)} seeds per explorer, explorers on "
             f"`{b.observation}`{' (ablation: 003 used images)' if b.observation != 'image' else ''}; "
@@ -365,18 +378,31 @@ class Study:
             f"mean ± std over seeds. Cut relative to the papers: {b.cut}.",
             "",
             coverage_head,
-            "|---|--:|--:|--:|--:|",
+            "|---|--:|--:|--:|--:|--:|",
         ]
         for row in report["rows"].values():
             lines.append(
                 f"| {row['explorer']} | {_cell(row['tip_cells'], 0)} | {_cell(row['cube_cells'], 0)} | "
-                f"{_cell(row['top_face_entropy_bits'], 2)} | {_cell(row['not_yellow_up'], 3)} |"
+                f"{_cell(row['top_face_entropy_bits'], 2)} | {_cell(row['not_yellow_up'], 3)} | "
+                f"{_cell(row.get('steps_beside_cube'), 0)} |"
             )
+        lines += [
+            "",
+            "Steps beside the cube: recorded steps with the tool tip below the cube's top face and within "
+            f"{BESIDE_CUBE_M * 100:g} cm of its sides (where a push can happen). Closest state: the dataset's own "
+            "closest tool-tip position to the task's goal over every recorded step (what the behaviour reached).",
+        ]
         if reach:
             lines += ["", "| explorer | " + " | ".join(f"{c}: closest (m)" for c in reach) + " |"]
             lines.append("|---|" + "--:|" * len(reach))
             for row in report["rows"].values():
                 lines.append(f"| {row['explorer']} | " + " | ".join(_cell(row[c], 3) for c in reach) + " |")
+            tasks = list(dict.fromkeys(t for _, t in b.reach))
+            lines += ["", "| explorer (the data) | " + " | ".join(f"{t}: closest state (m)" for t in tasks) + " |"]
+            lines.append("|---|" + "--:|" * len(tasks))
+            for row in report["rows"].values():
+                cells = " | ".join(_cell(row.get(f"data {t}"), 3) for t in tasks)
+                lines.append(f"| {row['explorer']} | {cells} |")
         if cube:
             lines += ["", "| explorer | " + " | ".join(f"{c}: success" for c in cube) + " |"]
             lines.append("|---|" + "--:|" * len(cube))
@@ -384,6 +410,29 @@ class Study:
                 lines.append(f"| {row['explorer']} | " + " | ".join(_cell(row[c], 2) for c in cube) + " |")
         lines += ["", "Coverage plots: " + ", ".join(f"coverage_{e}.png" for e in report["rows"])]
         return "\n".join(lines) + "\n"
+
+
+BESIDE_CUBE_M = 0.01
+"""How near the cube's sides the tool tip counts as beside it, m."""
+
+
+def steps_beside_cube(session_dir: pathlib.Path) -> int | None:
+    """Recorded steps with the tool tip below the cube's top face and within `BESIDE_CUBE_M` of
+    its sides (axis-aligned: the cube's yaw is ignored), where the closed fingers can push it;
+    None for a session without the cube's position."""
+    from sim.scene import CUBE_EDGE
+    from store import iter_episodes
+
+    count = 0
+    for episode in iter_episodes([session_dir]):
+        if "privileged/cube_pos" not in episode.fields or "obs/tip_pos" not in episode.fields:
+            return None
+        arrays = episode.arrays()
+        offset = arrays["obs/tip_pos"] - arrays["privileged/cube_pos"]
+        reach = CUBE_EDGE / 2 + BESIDE_CUBE_M
+        beside = (np.abs(offset[:, :2]) < reach).all(axis=1) & (offset[:, 2] < CUBE_EDGE / 2)
+        count += int(beside.sum())
+    return count
 
 
 class StudyError(RuntimeError):
