@@ -18,18 +18,29 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import learning.algorithms.bcq as bcq_module
 import learning.algorithms.drqbc as drqbc_module
 from learning.algorithms import ObservationSpec, make_algorithm
 
+from .update_maths_reference import (
+    TOL,
+    RecordingShift,
+    adam_first_step,
+    assert_params,
+    dense,
+    drq_encoder,
+    image_batch,
+    one_torch_thread,  # noqa: F401 (an autouse fixture)
+    params_of,
+    perturb_,
+    record_critic_targets,
+)
+
 OBS_DIM, ACTION_DIM, BATCH = 3, 2, 6
 GAMMA = 0.99
 DONE = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, 1.0])
 OBS_MEAN, OBS_STD = np.array([0.5, -1.0, 2.0]), np.array([2.0, 0.5, 1.0])
-ADAM_EPS = 1e-8  # torch's default, which the algorithms use
-TOL = dict(rtol=1e-4, atol=1e-5)
 
 BCQ_SMALL = {
     "vae_hidden": [16, 16],
@@ -43,31 +54,8 @@ IMAGE_SHAPE = (3, 16, 16)  # one RGB frame, just above DrQEncoder's 15x15 minimu
 DRQ_SMALL = {"hidden_dim": 16, "encoder_channels": 4, "feature_dim": 8}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---- independent functional networks -------------------------------------------------------------
-
-
-def params_of(module: torch.nn.Module, requires_grad: bool = False) -> dict[str, torch.Tensor]:
-    """A detached copy of a module's parameters by name (optionally as fresh autograd leaves)."""
-    return {k: v.detach().clone().requires_grad_(requires_grad) for k, v in module.named_parameters()}
-
-
-def dense(p: dict, prefix: str, x: torch.Tensor, last: str | None = None) -> torch.Tensor:
-    """Linear layers ``prefix.0``, ``prefix.2``, ... with ReLU between them, then ``last`` ("tanh",
-    "relu" or None) after the final one."""
-    idx = sorted(int(k.split(".")[-2]) for k in p if k.startswith(prefix + ".") and k.endswith(".weight"))
-    for n, i in enumerate(idx):
-        x = x @ p[f"{prefix}.{i}.weight"].T + p[f"{prefix}.{i}.bias"]
-        if n < len(idx) - 1:
-            x = torch.relu(x)
-    return {"tanh": torch.tanh, "relu": torch.relu, None: lambda v: v}[last](x)
+# (the rest in update_maths_reference; the trunk here is strict, so a DrQ+BC network without one fails)
 
 
 def drq_trunk(p: dict, x: torch.Tensor) -> torch.Tensor:
@@ -82,11 +70,6 @@ def twin_q(p: dict, x: torch.Tensor, a: torch.Tensor, with_trunk: bool = False):
     return dense(p, "q1_net", h)[:, 0], dense(p, "q2_net", h)[:, 0]
 
 
-def adam_first_step(p: dict, grads: dict, lr: float) -> dict:
-    """Adam's first step from zero moments: m_hat = g, v_hat = g^2, p - lr g / (|g| + eps)."""
-    return {k: (v - lr * grads[k] / (grads[k].abs() + ADAM_EPS)).detach() for k, v in p.items()}
-
-
 def grads_of(loss: torch.Tensor, p: dict) -> dict:
     return dict(zip(p, torch.autograd.grad(loss, list(p.values())), strict=True))
 
@@ -95,26 +78,11 @@ def polyak(target: dict, source: dict, tau: float) -> dict:
     return {k: target[k] + tau * (source[k] - target[k]) for k in target}
 
 
-def assert_params(module: torch.nn.Module, expected: dict, what: str) -> None:
-    got = dict(module.named_parameters())
-    assert got.keys() == expected.keys(), what
-    for k, v in expected.items():
-        torch.testing.assert_close(got[k].detach(), v.detach(), **TOL, msg=lambda m, k=k: f"{what} {k}: {m}")
-
-
 def assert_grads(module: torch.nn.Module, expected: dict, what: str) -> None:
     """The gradients the algorithm left on ``module`` are those of the expected loss (and only it)."""
     for k, param in module.named_parameters():
         assert param.grad is not None, f"{what} {k}: no gradient"
         torch.testing.assert_close(param.grad, expected[k], **TOL, msg=lambda m, k=k: f"{what} {k} grad: {m}")
-
-
-def perturb_(module: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
-    """Move a target network off its online copy, so that using one for the other shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.add_(scale * torch.randn(param.shape, generator=g))
 
 
 def generator_copy(generator: torch.Generator) -> torch.Generator:
@@ -181,15 +149,7 @@ def test_bcq_one_update_matches_the_paper(monkeypatch: pytest.MonkeyPatch) -> No
     vae0, actor0, critic0 = params_of(algo.vae, True), params_of(algo.actor, True), params_of(algo.critic, True)
     actor_t0, critic_t0 = params_of(algo.actor_target), params_of(algo.critic_target)
     g = generator_copy(algo.generator)
-
-    critic_targets = []
-    real_loss = bcq_module.td3_critic_loss
-
-    def spy_loss(q, target):
-        critic_targets.append(target.detach().clone())
-        return real_loss(q, target)
-
-    monkeypatch.setattr(bcq_module, "td3_critic_loss", spy_loss)
+    critic_targets = record_critic_targets(monkeypatch, bcq_module)
     out = algo.update(batch)
 
     s, s2 = normalise(batch["obs"]), normalise(batch["next_obs"])
@@ -317,57 +277,12 @@ def bandit_batch(g: torch.Generator, size: int, obs: torch.Tensor) -> dict[str, 
 
 
 def drq_batch() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(20)
-    return {
-        "obs": torch.randint(0, 256, (BATCH, *IMAGE_SHAPE), generator=g, dtype=torch.uint8),
-        "next_obs": torch.randint(0, 256, (BATCH, *IMAGE_SHAPE), generator=g, dtype=torch.uint8),
-        "action": (torch.rand(BATCH, ACTION_DIM, generator=g) * 2 - 1) * 0.9,
-        "reward": torch.randn(BATCH, generator=g),
-        "discount": GAMMA * (1.0 - DONE),
-    }
+    return image_batch(BATCH, IMAGE_SHAPE, ACTION_DIM, GAMMA * (1.0 - DONE))
 
 
 def build_drq(seed: int = 0, shape=IMAGE_SHAPE, action_dim: int = ACTION_DIM, **overrides):
     torch.manual_seed(seed)
     return make_algorithm("drqbc", {**DRQ_SMALL, **overrides}, ObservationSpec("image", shape), action_dim, "cpu")
-
-
-def shift_images(images: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tensor:
-    """DrQ-v2's shift for known integer shifts (dy, dx) in [-pad, pad]: replicate-pad by ``pad``,
-    crop H x W at offset (pad + dy, pad + dx)."""
-    _, _, h, w = images.shape
-    padded = F.pad(images.float(), (pad,) * 4, mode="replicate")
-    out = [padded[i, :, pad + dy : pad + dy + h, pad + dx : pad + dx + w] for i, (dy, dx) in enumerate(shifts.tolist())]
-    return torch.stack(out).to(images.dtype)
-
-
-class RecordingShift:
-    """Stands in for `random_shift`: records each call and applies a known shift per call."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[torch.Tensor, int, torch.Tensor]] = []
-
-    def __call__(self, images, pad=4, generator=None):
-        g = torch.Generator().manual_seed(100 + len(self.calls))
-        shifts = torch.randint(-pad, pad + 1, (images.shape[0], 2), generator=g)
-        out = shift_images(images, shifts, pad)
-        self.calls.append((images.clone(), pad, out.clone()))
-        return out
-
-    def output_for(self, images: torch.Tensor) -> torch.Tensor:
-        outs = [out for inp, _, out in self.calls if torch.equal(inp, images)]
-        assert len(outs) == 1, f"{len(outs)} augmentations of this batch, not 1"
-        assert not torch.equal(outs[0], images)
-        return outs[0]
-
-
-def drq_encoder(p: dict, images: torch.Tensor) -> torch.Tensor:
-    """DrQ-v2's encoder: uint8 / 255 - 0.5, conv 3x3/2, then three conv 3x3/1, ReLU after each."""
-    x = images.float() / 255.0 - 0.5
-    idx = sorted(int(k.split(".")[1]) for k in p if k.endswith(".weight"))
-    for n, i in enumerate(idx):
-        x = torch.relu(F.conv2d(x, p[f"convnet.{i}.weight"], p[f"convnet.{i}.bias"], stride=2 if n == 0 else 1))
-    return x.reshape(x.shape[0], -1)
 
 
 def drq_actor(p: dict, h: torch.Tensor) -> torch.Tensor:
@@ -400,14 +315,7 @@ def test_drqbc_one_update_matches_the_paper(monkeypatch: pytest.MonkeyPatch) -> 
     g = generator_copy(algo.generator)
     shift = RecordingShift()
     monkeypatch.setattr(drqbc_module, "random_shift", shift)
-    loss_calls = []
-    real_loss = drqbc_module.td3_critic_loss
-
-    def spy_loss(q, target):
-        loss_calls.append(target.detach().clone())
-        return real_loss(q, target)
-
-    monkeypatch.setattr(drqbc_module, "td3_critic_loss", spy_loss)
+    loss_calls = record_critic_targets(monkeypatch, drqbc_module)
     out = algo.update(batch)
 
     pads = [pad for _, pad, _ in shift.calls]

@@ -22,12 +22,27 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.distributions import Normal
 
 import learning.algorithms.base as algorithm_base
 import learning.algorithms.cql as cql_module
 from learning.algorithms import ObservationSpec, algorithm_from_state, make_algorithm
+
+from .update_maths_reference import (
+    TOL,
+    RecordingShift,
+    adam_first_step,
+    assert_params,
+    dense,
+    drq_encoder,
+    drq_trunk,
+    image_batch,
+    one_torch_thread,  # noqa: F401 (an autouse fixture)
+    params_of,
+    perturb_,
+    polyak,
+    twin_q,
+)
 
 OBS_DIM, ACTION_DIM, BATCH, N_ACT = 3, 2, 8, 3
 MEAN = np.array([0.5, -1.0, 2.0], dtype=np.float32)
@@ -36,8 +51,6 @@ EPS = 0.05  # the normaliser's eps, far from the default 1e-3
 SPEC = ObservationSpec("vector", (OBS_DIM,), mean=MEAN, std=STD)
 DONE = torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
 GAMMA = 0.99
-ADAM_EPS = 1e-8
-TOL = dict(rtol=1e-4, atol=1e-5)
 BASE = {
     "hidden_dims": [8],
     "actor_lr": 1e-2,  # four different rates: a step taken with another optimiser's rate shows
@@ -71,45 +84,7 @@ IMAGE_SHAPE = (3, 16, 16)
 IMAGE_CQL = {**BASE, "hidden_dims": [16], "encoder_channels": 4, "feature_dim": 8, "backup_entropy": True}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---- independent functional networks -------------------------------------------------------------
-
-
-def params_of(module: torch.nn.Module, requires_grad: bool = False) -> dict[str, torch.Tensor]:
-    """A detached copy of a module's parameters by name (optionally as fresh autograd leaves)."""
-    return {k: v.detach().clone().requires_grad_(requires_grad) for k, v in module.named_parameters()}
-
-
-def dense(p: dict, prefix: str, x: torch.Tensor) -> torch.Tensor:
-    """Linear layers ``prefix.0``, ``prefix.2``, ... with ReLU between them."""
-    idx = sorted(int(k.split(".")[-2]) for k in p if k.startswith(prefix + ".") and k.endswith(".weight"))
-    for n, i in enumerate(idx):
-        x = x @ p[f"{prefix}.{i}.weight"].T + p[f"{prefix}.{i}.bias"]
-        if n < len(idx) - 1:
-            x = torch.relu(x)
-    return x
-
-
-def drq_trunk(p: dict, x: torch.Tensor) -> torch.Tensor:
-    """DrQ-v2's trunk: Linear -> LayerNorm -> tanh (identity when the network has none)."""
-    if "trunk.0.weight" not in p:
-        return x
-    x = x @ p["trunk.0.weight"].T + p["trunk.0.bias"]
-    x = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-5)
-    return torch.tanh(x * p["trunk.1.weight"] + p["trunk.1.bias"])
-
-
-def twin_q(p: dict, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q_1, Q_2 of (B, |A|) actions: (B,) each."""
-    h = torch.cat([drq_trunk(p, x), a], dim=-1)
-    return dense(p, "q1_net", h)[:, 0], dense(p, "q2_net", h)[:, 0]
 
 
 def twin_q_many(p: dict, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,25 +127,9 @@ def normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - torch.as_tensor(MEAN)) / (torch.as_tensor(STD) + EPS)
 
 
-def adam_first_step(p: dict, grads: dict, lr: float) -> dict:
-    """Adam's first step from zero moments: p - lr g / (|g| + eps)."""
-    return {k: (v - lr * grads[k] / (grads[k].abs() + ADAM_EPS)).detach() for k, v in p.items()}
-
-
 def grads_of(loss: torch.Tensor, p: dict) -> dict:
     grads = torch.autograd.grad(loss, list(p.values()), allow_unused=True)
     return {k: torch.zeros_like(v) if gr is None else gr for (k, v), gr in zip(p.items(), grads, strict=True)}
-
-
-def polyak(target: dict, source: dict, tau: float) -> dict:
-    return {k: (1.0 - tau) * target[k] + tau * source[k] for k in target}
-
-
-def assert_params(module: torch.nn.Module, expected: dict, what: str) -> None:
-    got = dict(module.named_parameters())
-    assert got.keys() == expected.keys(), what
-    for k, v in expected.items():
-        torch.testing.assert_close(got[k].detach(), v.detach(), **TOL, msg=lambda m, k=k: f"{what} {k}: {m}")
 
 
 def assert_grads(module: torch.nn.Module, expected: dict, what: str) -> None:
@@ -178,14 +137,6 @@ def assert_grads(module: torch.nn.Module, expected: dict, what: str) -> None:
     for k, param in module.named_parameters():
         got = param.grad if param.grad is not None else torch.zeros_like(param)
         torch.testing.assert_close(got, expected[k], **TOL, msg=lambda m, k=k: f"{what} {k} grad: {m}")
-
-
-def perturb_(module: torch.nn.Module, seed: int, scale: float) -> None:
-    """Move a network off its twin / its online copy, so that using one for the other shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.add_(scale * torch.randn(param.shape, generator=g))
 
 
 def vector_batch(seed: int = 10) -> dict[str, torch.Tensor]:
@@ -414,54 +365,6 @@ def test_temperature_follows_the_entropy_gap_and_bc_warm_up_ends(target_entropy:
 # ---- images --------------------------------------------------------------------------------------
 
 
-def shift_images(images: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tensor:
-    """DrQ-v2's shift for known integer shifts: replicate-pad, crop at (pad + dy, pad + dx)."""
-    _, _, h, w = images.shape
-    padded = F.pad(images.float(), (pad,) * 4, mode="replicate")
-    out = [padded[i, :, pad + dy : pad + dy + h, pad + dx : pad + dx + w] for i, (dy, dx) in enumerate(shifts.tolist())]
-    return torch.stack(out).to(images.dtype)
-
-
-class RecordingShift:
-    """Stands in for `random_shift`: records each call and applies a known shift per call (so the
-    algorithm's generator serves only the policy and uniform draws)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[torch.Tensor, int, torch.Tensor]] = []
-
-    def __call__(self, images, pad=4, generator=None):
-        g = torch.Generator().manual_seed(100 + len(self.calls))
-        out = shift_images(images, torch.randint(-pad, pad + 1, (images.shape[0], 2), generator=g), pad)
-        self.calls.append((images.clone(), pad, out.clone()))
-        return out
-
-    def output_for(self, images: torch.Tensor) -> torch.Tensor:
-        outs = [out for inp, _, out in self.calls if torch.equal(inp, images)]
-        assert len(outs) == 1, f"{len(outs)} augmentations of this batch, not 1"
-        assert not torch.equal(outs[0], images)
-        return outs[0]
-
-
-def drq_encoder(p: dict, images: torch.Tensor) -> torch.Tensor:
-    """DrQ-v2's encoder: uint8 / 255 - 0.5, conv 3x3/2, then conv 3x3/1, ReLU after each."""
-    x = images.float() / 255.0 - 0.5
-    idx = sorted(int(k.split(".")[1]) for k in p if k.endswith(".weight"))
-    for n, i in enumerate(idx):
-        x = torch.relu(F.conv2d(x, p[f"convnet.{i}.weight"], p[f"convnet.{i}.bias"], stride=2 if n == 0 else 1))
-    return x.reshape(x.shape[0], -1)
-
-
-def image_batch() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(20)
-    return {
-        "obs": torch.randint(0, 256, (BATCH, *IMAGE_SHAPE), generator=g, dtype=torch.uint8),
-        "next_obs": torch.randint(0, 256, (BATCH, *IMAGE_SHAPE), generator=g, dtype=torch.uint8),
-        "action": (torch.rand(BATCH, ACTION_DIM, generator=g) * 2 - 1) * 0.9,
-        "reward": torch.randn(BATCH, generator=g),
-        "discount": GAMMA * (1.0 - DONE),
-    }
-
-
 def test_image_update_trains_the_encoder_by_the_critic_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Images (V-D4RL's DrQ-v2 setting): h = f(aug(o)), h' = f(aug(o')) (independent shifts, pad 4,
     the encoder before the update, h' without gradient); the temperature and actor losses of
@@ -469,7 +372,7 @@ def test_image_update_trains_the_encoder_by_the_critic_only(monkeypatch: pytest.
     so the encoder's gradient is the critic loss's alone, stepped with the critic's Adam."""
     algo = build(IMAGE_CQL, spec=ObservationSpec("image", IMAGE_SHAPE))
     perturb_(algo.critic_target, seed=3, scale=0.05)
-    c, batch = algo.config, image_batch()
+    c, batch = algo.config, image_batch(BATCH, IMAGE_SHAPE, ACTION_DIM, GAMMA * (1.0 - DONE))
     enc0 = params_of(algo.encoder, True)
     p = {name: params_of(getattr(algo, name), True) for name in ("actor", "critic", "log_alpha", "log_alpha_prime")}
     p["critic_target"] = params_of(algo.critic_target)
@@ -522,10 +425,10 @@ def test_acts_with_the_squashed_mean() -> None:
 
 def test_image_acting_uses_unaugmented_frames(monkeypatch: pytest.MonkeyPatch) -> None:
     algo = build(IMAGE_CQL, spec=ObservationSpec("image", IMAGE_SHAPE))
-    algo.update(image_batch())
+    algo.update(image_batch(BATCH, IMAGE_SHAPE, ACTION_DIM, GAMMA * (1.0 - DONE)))
     shift = RecordingShift()
     monkeypatch.setattr(algorithm_base, "random_shift", shift)
-    obs = image_batch()["next_obs"]
+    obs = image_batch(BATCH, IMAGE_SHAPE, ACTION_DIM, GAMMA * (1.0 - DONE))["next_obs"]
     mu, _ = policy(params_of(algo.actor), drq_encoder(params_of(algo.encoder), obs), -20.0, 2.0)
     torch.testing.assert_close(algo.act(obs), torch.tanh(mu), **TOL)
     assert shift.calls == []

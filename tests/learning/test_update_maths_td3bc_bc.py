@@ -20,6 +20,11 @@ import nets
 from learning.algorithms import ObservationSpec, make_algorithm
 from learning.dataset import nstep_targets
 
+from .update_maths_reference import (
+    one_torch_thread,  # noqa: F401 (an autouse fixture)
+    record_critic_targets,
+)
+
 OBS_DIM, ACTION_DIM, BATCH = 3, 2, 6
 MEAN = np.array([0.5, -1.0, 2.0], dtype=np.float32)
 STD = np.array([2.0, 0.5, 1.0], dtype=np.float32)
@@ -42,26 +47,10 @@ BC = {"hidden_dims": [8], "lr": LR, "normalizer_eps": EPS}
 Layers = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def critic_targets(monkeypatch) -> list[torch.Tensor]:
     """The target y that TD3+BC hands to its critic loss, recorded at each update."""
-    seen: list[torch.Tensor] = []
-    original = td3bc_module.td3_critic_loss
-
-    def spy(q, target):
-        seen.append(target.detach().clone())
-        return original(q, target)
-
-    monkeypatch.setattr(td3bc_module, "td3_critic_loss", spy)
-    return seen
+    return record_critic_targets(monkeypatch, td3bc_module)
 
 
 # ---- independent maths ---------------------------------------------------------------------------
