@@ -88,7 +88,7 @@ def test_image_explorers_see_the_camera_of_sessions_recorded_before_the_spec(tmp
     if min(shape[:2]) >= 15:  # sse's image encoder takes 15 x 15 pixels at least
         sse = make_explorer("sse", spec, SMALL_SSE, seed=0)
         sse.train(session)
-        assert sse.reader.spec.explorer_camera == "front" and sse.transitions == len(stored) - len(new)
+        assert sse.replay.reader.spec.explorer_camera == "front" and sse.transitions == len(stored) - len(new)
 
 
 def _two_camera_session(root: Path) -> SessionStore:
@@ -120,7 +120,7 @@ def test_the_explorers_camera_is_the_first_the_session_names(tmp_path, name):
         explorer.train(store)
         side = np.concatenate([e.load("obs/images/side") for e in iter_episodes(store.session_dir)])
         if name == "sse":
-            np.testing.assert_array_equal(explorer._arrays["all_x"], explorer.encode(side).numpy())
+            np.testing.assert_array_equal(explorer.replay.arrays["all_x"], explorer.encode(side).numpy())
         else:
             assert explorer.replay.fields == ("obs/images/side",)
             np.testing.assert_array_equal(explorer.replay.gather(np.repeat([0, 1], 6), np.tile(np.arange(6), 2)), side)
