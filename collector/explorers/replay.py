@@ -231,20 +231,17 @@ class EncodedEpisodes:
         state_dim: int,
         labels: Callable[[Episode], dict[str, np.ndarray] | None],
     ) -> None:
-        self.spec, self.encode, self.action_limit, self.state_dim, self.labels = (
-            spec,
-            encode,
-            action_limit,
-            state_dim,
-            labels,
-        )
+        self.spec = spec
+        self.encode = encode
+        self.action_limit = action_limit
+        self.state_dim = state_dim
+        self.labels = labels
         self.reader: SessionReader | None = None
         self.session: SessionSpec | None = None
         self.observation_kind: str | None = None
         self.fields: tuple[str, ...] = ()
         self._episodes: dict[int, dict[str, np.ndarray]] = {}
         """Per store index: states x, scaled actions a, the labels (and pair_rows with gaps)."""
-        self._label_names: tuple[str, ...] = ()
         self.arrays: dict[str, np.ndarray] | None = None
         """The concatenated arrays (class docstring); None before the first `refresh`."""
 
@@ -283,7 +280,6 @@ class EncodedEpisodes:
         states = self.encode(self.session.observation_from(arrays, self.observation_kind)).numpy()
         actions = np.clip(arrays["action"] / self.action_limit, -1.0, 1.0).astype(np.float32)
         data = {"x": states.astype(np.float32), "a": actions, **labels}
-        self._label_names = tuple(labels)
         segments = self.reader.segments(episode.index)
         if len(segments) > 1:  # steps missing: rows t whose row t + 1 is the next step
             data["pair_rows"] = np.concatenate([np.arange(a, b - 1) for a, b in segments]).astype(np.int64)
@@ -295,11 +291,10 @@ class EncodedEpisodes:
             "x": np.zeros((0, self.state_dim), np.float32),
             "a": np.zeros((0, self.spec.action_dim), np.float32),
         }
-        for name in self._label_names:
-            empty[name] = np.zeros(0, episodes[0][name].dtype if episodes else np.float32)
+        label_names = [k for k in episodes[0] if k not in ("x", "a", "pair_rows")] if episodes else []
         out: dict[str, np.ndarray] = {}
         rows = [e.get("pair_rows", np.arange(len(e["x"]) - 1)) for e in episodes]
-        for key in ("x", "a", *self._label_names):
+        for key in ("x", "a", *label_names):
             out[key] = np.concatenate([e[key][r] for e, r in zip(episodes, rows, strict=True)] or [empty[key]])
             out[f"all_{key}"] = np.concatenate([e[key] for e in episodes] or [empty[key]])
         out["next_x"] = np.concatenate([e["x"][r + 1] for e, r in zip(episodes, rows, strict=True)] or [empty["x"]])
