@@ -15,8 +15,7 @@ import pytest
 
 from pandalab import view
 from pandalab.cli import main
-from store import SessionStore, iter_episodes
-from store import read_events as store_events
+from store import SessionStore, iter_episodes, read_events
 
 rr = pytest.importorskip("rerun")
 
@@ -170,7 +169,7 @@ def test_an_event_logged_just_before_an_episode_starts_is_not_placed_in_it(tmp_p
         for _ in range(20):
             store.log_event("operator", command="resume", reason="before")
             recorder = store.begin_episode({"explorer": "random"})
-            stamp = store_events(store.session_dir)[-1]["time"]
+            stamp = read_events(store.session_dir)[-1]["time"]
             assert view._epoch(recorder.started_at) >= stamp, (recorder.started_at, stamp)
             recorder.append({"time": np.float64(0.0), "obs/q": np.zeros(7), "action": np.zeros(7)})
             recorder.finish("complete")
